@@ -1,0 +1,28 @@
+# Quick start: `make demo` (train, export and serve the movie-review classifier offline) and `make test`.
+# Both create .venv when missing, install quietly (log in .venv/install.log), and are idempotent.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip --disable-pip-version-check
+STAMP   := .venv/.stamp-install
+EXTRAS  := cpu,train,export,dev,demo
+
+.PHONY: test demo lint clean-venv
+
+$(PY):
+	@python3 -m venv .venv
+	@$(PIP) install -q --upgrade pip > .venv/install.log 2>&1 || (cat .venv/install.log; exit 1)
+
+# torch first, pinned: an unpinned torch pulled by another package would be a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(PY)
+	@echo "installing into .venv (log: .venv/install.log) ..."
+	@$(PIP) install -q torch==2.13.0 >> .venv/install.log 2>&1 || (cat .venv/install.log; exit 1)
+	@$(PIP) install -q -e ".[$(EXTRAS)]" >> .venv/install.log 2>&1 || (cat .venv/install.log; exit 1)
+	@touch $@
+
+test: $(STAMP)
+	@$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	@.venv/bin/ruff check runtime train export textclassify tests benchmarks
+
+clean-venv:
+	rm -rf .venv

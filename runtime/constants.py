@@ -1,0 +1,34 @@
+"""Every default of textclassify in one place (timeouts, retries, opset, lengths, format version)."""
+from __future__ import annotations
+
+DEFAULT_CACHE_DIR = "~/.cache/textclassify"
+DEFAULT_OUTPUT_DIR = "fusion_output"
+DEFAULT_ML_MODEL = "roberta-base"
+
+# LLM client
+DEFAULT_TEMPERATURE = 0.0
+DEFAULT_MAX_CONCURRENCY = 8
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 5
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 20.0
+PROMPT_VERSION = "v1"
+SCORE_METHODS = ("auto", "logprobs", "json")
+TOP_LOGPROBS = 20
+SCORE_EPS = 1e-6  # floor for log(score) in temperature scaling, train and serve alike
+
+# Bundle
+BUNDLE_FORMAT_VERSION = 1
+ONNX_OPSET = 17
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+MODEL_INT8_FILE = "model.int8.onnx"
+MODEL_FP16_FILE = "model.fp16.onnx"
+CALIBRATOR_FILE = "calibrator.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+INPUT_NAMES = ("input_ids", "attention_mask", "llm_scores")
+OUTPUT_NAMES = ("ml_logits", "fused_logits")
+FP32_PARITY_TOL = 1e-4
+REDUCED_PRECISION_MIN_AGREEMENT = 0.99
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_THRESHOLD = 0.5

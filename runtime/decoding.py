@@ -1,0 +1,59 @@
+"""Turn logits into probabilities and label predictions; shared by training and serving."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 for stability, returned as float32."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic function, returned as float32."""
+    z = np.asarray(logits, dtype=np.float64)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def logits_to_probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Softmax for multi-class, independent sigmoids for multi-label."""
+    return sigmoid(logits) if multi_label else softmax(logits)
+
+
+def decode_predictions(
+    probabilities: np.ndarray,
+    labels: Sequence[str],
+    multi_label: bool,
+    thresholds: Sequence[float] | None = None,
+) -> list[Any]:
+    """Argmax label per row (multi-class) or the labels whose probability reaches its threshold."""
+    if not multi_label:
+        return [labels[i] for i in np.asarray(probabilities).argmax(axis=1)] if len(probabilities) else []
+    thr = np.full(len(labels), 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    hits = np.asarray(probabilities) >= thr
+    return [[labels[j] for j in np.flatnonzero(row)] for row in hits]
+
+
+def encode_targets(targets: Sequence[Any], labels: Sequence[str], multi_label: bool) -> np.ndarray:
+    """Label strings (or lists of them) to class indices [n] or a 0/1 matrix [n, C]."""
+    index = {name: i for i, name in enumerate(labels)}
+
+    def lookup(row: int, name: Any) -> int:
+        if name not in index:
+            raise ValueError(f"labels[{row}]: unknown label {name!r}; expected one of {list(labels)}.")
+        return index[name]
+
+    if not multi_label:
+        return np.array([lookup(i, t) for i, t in enumerate(targets)], dtype=np.int64)
+    out = np.zeros((len(targets), len(labels)), dtype=np.int64)
+    for i, row in enumerate(targets):
+        names = [row] if isinstance(row, str) else list(row)
+        for name in names:
+            out[i, lookup(i, name)] = 1
+    return out
