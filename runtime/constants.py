@@ -32,3 +32,8 @@ FP32_PARITY_TOL = 1e-4
 REDUCED_PRECISION_MIN_AGREEMENT = 0.99
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_THRESHOLD = 0.5
+
+# LLM-score calibration (train side fits, calibrator.onnx serves)
+TEMPERATURE_BOUNDS = (0.01, 100.0)  # search range of the multi-class temperature T
+CALIBRATOR_INPUT = "llm_scores_raw"  # calibrator.onnx input: raw LLM scores float32 [B, C]
+CALIBRATOR_OUTPUT = "llm_scores"  # calibrator.onnx output: calibrated scores, model.onnx's input
