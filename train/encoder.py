@@ -1,0 +1,177 @@
+"""Stage 1: load any Hugging Face encoder and fine-tune it (CE or BCE), with early stopping."""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from textclassify.runtime.errors import ConfigError
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+# Model types whose position ids start after the padding index (max_length must leave 2 positions).
+_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "bart", "mpnet"}
+
+
+def pick_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_encoder(ml_model: str, labels: Sequence[str], multi_label: bool) -> tuple[nn.Module, Any]:
+    """AutoModelForSequenceClassification + AutoTokenizer from a hub name or local path, sized to `labels`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    source = os.path.expanduser(ml_model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the fresh classification head is expected, not news
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=len(labels), ignore_mismatched_sizes=True,
+                problem_type="multi_label_classification" if multi_label else "single_label_classification",
+                id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"ml_model: cannot load {ml_model!r} (neither a local model folder nor reachable on the hub): "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"ml_model: {ml_model!r} has no fast tokenizer (tokenizer.json); the bundle needs one.")
+    return model, tokenizer
+
+
+def effective_max_length(model: nn.Module, tokenizer: Any, requested: int) -> int:
+    """The requested max_length, capped at what the encoder's position embeddings allow."""
+    cfg = model.config
+    limit = getattr(cfg, "max_position_embeddings", None)
+    if limit is None:
+        return requested
+    if cfg.model_type in _OFFSET_POSITION_MODELS:
+        limit -= 2
+    if requested > limit:
+        log.warning("ml.max_length=%d exceeds what %s supports (%d); using %d.", requested, cfg.model_type,
+                    limit, limit)
+        return int(limit)
+    return requested
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Encoder inputs exactly as training and export expect them (truncate, pad to the longest)."""
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def loss_function(multi_label: bool) -> nn.Module:
+    return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
+
+
+def targets_tensor(targets: np.ndarray, multi_label: bool) -> torch.Tensor:
+    return torch.as_tensor(targets, dtype=torch.float32 if multi_label else torch.long)
+
+
+@torch.no_grad()
+def encoder_logits(model: nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int,
+                   batch_size: int = 32, device: torch.device | None = None) -> np.ndarray:
+    """Logits [n, C] of the encoder alone, in eval mode, batched."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = {k: v.to(device) for k, v in tokenize(tokenizer, texts[start:start + batch_size], max_length).items()}
+        out.append(model(**batch).logits.float().cpu().numpy())
+    n_labels = model.config.num_labels
+    return np.concatenate(out) if out else np.zeros((0, n_labels), dtype=np.float32)
+
+
+@dataclass
+class StageHistory:
+    """Per-epoch losses and the epoch whose state was kept."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"train_loss": self.train_loss, "val_loss": self.val_loss, "best_epoch": self.best_epoch}
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train_encoder(model: nn.Module, tokenizer: Any, train_texts: Sequence[str], train_targets: np.ndarray,
+                  val_texts: Sequence[str], val_targets: np.ndarray, *, multi_label: bool, ml: dict[str, Any],
+                  max_length: int, seed: int, progress: bool = True) -> StageHistory:
+    """Fine-tune in place with AdamW + linear warm-up; keeps the state with the lowest validation loss."""
+    from transformers import get_linear_schedule_with_warmup
+
+    device = pick_device()
+    model.to(device)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = loss_function(multi_label)
+    y_train = targets_tensor(train_targets, multi_label)
+    batch_size, epochs = ml["batch_size"], ml["num_epochs"]
+    steps = epochs * max(1, -(-len(train_texts) // batch_size))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=ml["learning_rate"], weight_decay=ml["weight_decay"])
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(ml["warmup_ratio"] * steps), steps)
+    history, best_state, best_loss, bad_epochs = StageHistory(), None, float("inf"), 0
+    bar = tqdm(total=steps, desc="stage 1: encoder", disable=not progress, unit="batch", leave=False)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(train_texts), generator=gen).tolist()
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in tokenize(tokenizer, [train_texts[i] for i in idx], max_length).items()}
+            with _autocast(device):
+                logits = model(**batch).logits
+            loss = loss_fn(logits.float(), y_train[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            total += float(loss) * len(idx)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}")
+        history.train_loss.append(total / max(1, len(order)))
+        val_loss = evaluate_loss(model, tokenizer, val_texts, val_targets, multi_label, max_length, batch_size)
+        history.val_loss.append(val_loss)
+        if val_loss < best_loss - 1e-6:
+            best_loss, best_state, history.best_epoch, bad_epochs = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            bad_epochs += 1
+            if bad_epochs >= ml["early_stopping_patience"]:
+                break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, tokenizer: Any, texts: Sequence[str], targets: np.ndarray,
+                  multi_label: bool, max_length: int, batch_size: int) -> float:
+    """Mean loss of the encoder alone on a labelled slice."""
+    if len(texts) == 0:
+        return float("nan")
+    logits = torch.as_tensor(encoder_logits(model, tokenizer, texts, max_length, batch_size))
+    return float(loss_function(multi_label)(logits, targets_tensor(targets, multi_label)))

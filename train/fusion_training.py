@@ -1,0 +1,163 @@
+"""Stage 2: warm up the FusionMLP on frozen out-of-sample logits, then fine-tune encoder + MLP jointly.
+
+The state kept is the best on fusion-val among the warm-up result and every joint epoch: joint
+training makes the encoder's logits in-sample, which can teach the MLP to over-trust them.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from textclassify.train.encoder import loss_function, pick_device, targets_tensor, tokenize
+from textclassify.train.fusion_model import FusionMLP, FusionWrapper
+from tqdm.auto import tqdm
+
+
+@dataclass
+class FusionHistory:
+    """Losses of both phases and where the kept state came from."""
+
+    warmup_train_loss: list[float] = field(default_factory=list)
+    warmup_val_loss: list[float] = field(default_factory=list)
+    joint_train_loss: list[float] = field(default_factory=list)
+    joint_val_loss: list[float] = field(default_factory=list)
+    kept: str = "warmup"
+    param_group_lrs: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def build_joint_optimizer(wrapper: FusionWrapper, ml_lr: float, fusion_lr: float,
+                          weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """AdamW with two parameter groups: the encoder at `ml_lr`, the fusion MLP at `fusion_lr`."""
+    return torch.optim.AdamW([
+        {"params": list(wrapper.encoder.parameters()), "lr": ml_lr, "name": "encoder"},
+        {"params": list(wrapper.mlp.parameters()), "lr": fusion_lr, "name": "fusion_mlp"},
+    ], weight_decay=weight_decay)
+
+
+def _mlp_loss(mlp: FusionMLP, features: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> float:
+    mlp.eval()
+    with torch.no_grad():
+        return float(loss_function(multi_label)(mlp(features), targets))
+
+
+def warm_up_mlp(mlp: FusionMLP, train_features: np.ndarray, train_targets: np.ndarray,
+                val_features: np.ndarray, val_targets: np.ndarray, *, multi_label: bool, lr: float,
+                epochs: int, batch_size: int, seed: int, history: FusionHistory) -> float:
+    """Train the MLP alone on concat(stage-1 logits, calibrated scores); keeps its best val state."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_tr, x_va = torch.as_tensor(train_features, dtype=torch.float32), torch.as_tensor(val_features, dtype=torch.float32)
+    y_tr, y_va = targets_tensor(train_targets, multi_label), targets_tensor(val_targets, multi_label)
+    loss_fn = loss_function(multi_label)
+    optimizer = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=0.01)
+    best, best_state = float("inf"), copy.deepcopy(mlp.state_dict())
+    for _ in range(epochs):
+        mlp.train()
+        order = torch.randperm(len(x_tr), generator=gen)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            loss = loss_fn(mlp(x_tr[idx]), y_tr[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(idx)
+        history.warmup_train_loss.append(total / max(1, len(order)))
+        val = _mlp_loss(mlp, x_va, y_va, multi_label)
+        history.warmup_val_loss.append(val)
+        if val < best - 1e-7:
+            best, best_state = val, copy.deepcopy(mlp.state_dict())
+    mlp.load_state_dict(best_state)
+    mlp.eval()
+    return best
+
+
+@torch.no_grad()
+def wrapper_loss(wrapper: FusionWrapper, tokenizer: Any, texts: Sequence[str], scores: np.ndarray,
+                 targets: np.ndarray, *, multi_label: bool, max_length: int, batch_size: int) -> float:
+    """Mean fused loss of the whole wrapper on a labelled slice (eval mode)."""
+    fused = predict_fused_logits(wrapper, tokenizer, texts, scores, max_length=max_length, batch_size=batch_size)[1]
+    return float(loss_function(multi_label)(torch.as_tensor(fused), targets_tensor(targets, multi_label)))
+
+
+@torch.no_grad()
+def predict_fused_logits(wrapper: FusionWrapper, tokenizer: Any, texts: Sequence[str], scores: np.ndarray, *,
+                         max_length: int, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(ml_logits, fused_logits) [n, C] for texts and their calibrated LLM scores."""
+    wrapper.eval()
+    device = next(wrapper.parameters()).device
+    ml, fused = [], []
+    for start in range(0, len(texts), batch_size):
+        batch = {k: v.to(device) for k, v in tokenize(tokenizer, texts[start:start + batch_size], max_length).items()}
+        s = torch.as_tensor(scores[start:start + batch_size], dtype=torch.float32, device=device)
+        out = wrapper(batch["input_ids"], batch["attention_mask"], s)
+        ml.append(out.ml_logits.float().cpu().numpy())
+        fused.append(out.fused_logits.float().cpu().numpy())
+    c = wrapper.mlp.output_dim
+    empty = np.zeros((0, c), dtype=np.float32)
+    return (np.concatenate(ml) if ml else empty), (np.concatenate(fused) if fused else empty)
+
+
+def train_fusion(encoder: torch.nn.Module, tokenizer: Any, *, train_texts: Sequence[str], train_scores: np.ndarray,
+                 train_targets: np.ndarray, train_logits: np.ndarray, val_texts: Sequence[str],
+                 val_scores: np.ndarray, val_targets: np.ndarray, val_logits: np.ndarray, multi_label: bool,
+                 fusion: dict[str, Any], max_length: int, seed: int,
+                 progress: bool = True) -> tuple[FusionWrapper, FusionHistory]:
+    """The whole stage 2: warm-up on frozen logits, then joint dual-LR training, best state on fusion-val."""
+    n_labels = train_scores.shape[1]
+    torch.manual_seed(seed)
+    mlp = FusionMLP(2 * n_labels, n_labels, fusion["hidden_dims"], fusion["dropout"])
+    history = FusionHistory()
+    best = warm_up_mlp(
+        mlp, np.hstack([train_logits, train_scores]), train_targets, np.hstack([val_logits, val_scores]),
+        val_targets, multi_label=multi_label, lr=fusion["fusion_lr"], epochs=fusion["warmup_epochs"],
+        batch_size=fusion["batch_size"], seed=seed, history=history,
+    )
+    wrapper = FusionWrapper(encoder, mlp).to(pick_device())
+    best_state = copy.deepcopy(wrapper.state_dict())
+    optimizer = build_joint_optimizer(wrapper, fusion["ml_lr"], fusion["fusion_lr"])
+    history.param_group_lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    loss_fn = loss_function(multi_label)
+    y_train = targets_tensor(train_targets, multi_label)
+    gen = torch.Generator().manual_seed(seed + 1)
+    device, bad = pick_device(), 0
+    bs = fusion["batch_size"]
+    bar = tqdm(total=fusion["num_epochs"], desc="stage 2: joint", disable=not progress, unit="epoch", leave=False)
+    for epoch in range(fusion["num_epochs"]):
+        wrapper.train()
+        order = torch.randperm(len(train_texts), generator=gen).tolist()
+        total = 0.0
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            batch = {k: v.to(device) for k, v in tokenize(tokenizer, [train_texts[i] for i in idx], max_length).items()}
+            s = torch.as_tensor(train_scores[idx], dtype=torch.float32, device=device)
+            out = wrapper(batch["input_ids"], batch["attention_mask"], s)
+            loss = loss_fn(out.fused_logits.float(), y_train[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(wrapper.parameters(), 1.0)
+            optimizer.step()
+            total += float(loss) * len(idx)
+        history.joint_train_loss.append(total / max(1, len(order)))
+        val = wrapper_loss(wrapper, tokenizer, val_texts, val_scores, val_targets, multi_label=multi_label,
+                           max_length=max_length, batch_size=max(bs, 32))
+        history.joint_val_loss.append(val)
+        bar.update(1)
+        bar.set_postfix(val_loss=f"{val:.3f}")
+        if val < best - 1e-7:
+            best, best_state, history.kept, bad = val, copy.deepcopy(wrapper.state_dict()), f"joint epoch {epoch + 1}", 0
+        else:
+            bad += 1
+            if bad >= fusion["early_stopping_patience"]:
+                break
+    bar.close()
+    wrapper.load_state_dict(best_state)
+    wrapper.eval()
+    return wrapper, history
