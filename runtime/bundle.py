@@ -1,0 +1,268 @@
+"""load_bundle and Bundle: serve a verified bundle with ONNX Runtime and the cached LLM client (no torch)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textclassify.runtime import constants as K
+from textclassify.runtime.decoding import decode_predictions, encode_targets, logits_to_probabilities
+from textclassify.runtime.errors import BundleError, ConfigError, DataError, LLMError
+from textclassify.runtime.llm import LLMScorer, LLMSettings
+from textclassify.runtime.manifest import BundleManifest, load_manifest, read_verified
+from textclassify.runtime.metrics import classification_metrics
+from textclassify.runtime.sessions import OnnxModel, resolve_providers, session_options
+from textclassify.runtime.tokenization import BundleTokenizer
+from textclassify.runtime.types import ClassificationResult
+
+VARIANT_CHOICES = ("auto", "fp32", "int8", "fp16")
+ON_LLM_ERROR_CHOICES = ("raise", "ml_only")
+_LLM_FIELDS = {f.name for f in dataclasses.fields(LLMSettings)}
+
+
+def load_bundle(
+    path: str | os.PathLike[str],
+    *,
+    providers: str | Sequence[str] = "auto",
+    variant: str = "auto",
+    llm_api_key: str | None = None,
+    llm_base_url: str | None = None,
+    on_llm_error: str = "raise",
+    cache_dir: str | os.PathLike[str] = K.DEFAULT_CACHE_DIR,
+    batch_size: int = K.DEFAULT_BATCH_SIZE,
+    intra_op_num_threads: int | None = None,
+) -> Bundle:
+    """Verify a bundle (manifest, names, sizes, sha256), open its ONNX sessions, warm them up, return a Bundle."""
+    _check_arguments(variant, on_llm_error, batch_size, intra_op_num_threads, llm_api_key, llm_base_url)
+    manifest = load_manifest(path)  # every check on the files happens here, before ONNX Runtime sees any
+    settings = _llm_settings(manifest, llm_base_url)
+    provider_list = resolve_providers(providers)
+    options = session_options(intra_op_num_threads)
+    tokenizer = BundleTokenizer.from_manifest(manifest)
+    cal = manifest.calibrator
+    calibrator = OnnxModel(cal["file"], read_verified(manifest, cal["file"]), provider_list, options,
+                           [cal["input"]], [cal["output"]])
+    if providers == "cuda" and not calibrator.uses_cuda:
+        raise ConfigError(f"providers='cuda' but ONNX Runtime could not use CUDA on this machine (providers in "
+                          f"use: {calibrator.providers}); its log above says why.")
+    chosen = _choose_variant(variant, manifest, calibrator.uses_cuda)
+    model_file = manifest.variants[chosen]
+    model = OnnxModel(model_file, read_verified(manifest, model_file), provider_list, options,
+                      K.INPUT_NAMES, K.OUTPUT_NAMES)
+    scorer = LLMScorer(settings, manifest.labels, manifest.multi_label, cache_dir=str(cache_dir),
+                       api_key=llm_api_key)
+    bundle = Bundle(manifest=manifest, tokenizer=tokenizer, calibrator=calibrator, model=model, scorer=scorer,
+                    variant=chosen, on_llm_error=on_llm_error, batch_size=batch_size)
+    bundle._warm_up()
+    return bundle
+
+
+class Bundle:
+    """A loaded bundle: `predict` / `predict_proba` on lists of texts; safe to call from many threads."""
+
+    def __init__(self, *, manifest: BundleManifest, tokenizer: BundleTokenizer, calibrator: OnnxModel,
+                 model: OnnxModel, scorer: Any, variant: str, on_llm_error: str, batch_size: int) -> None:
+        self._manifest = manifest
+        self._tokenizer = tokenizer
+        self._calibrator = calibrator
+        self._model = model
+        self._scorer = scorer
+        self.variant = variant
+        self.on_llm_error = on_llm_error
+        self.batch_size = batch_size
+        self._cal_in, self._cal_out = manifest.calibrator["input"], manifest.calibrator["output"]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self._manifest.labels)
+
+    @property
+    def multi_label(self) -> bool:
+        return self._manifest.multi_label
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        return None if self._manifest.thresholds is None else list(self._manifest.thresholds)
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers ONNX Runtime actually uses for model.onnx (not merely those requested)."""
+        return list(self._model.providers)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return dict(self._manifest.raw)
+
+    @property
+    def path(self) -> Path:
+        return self._manifest.directory
+
+    def __repr__(self) -> str:
+        return (f"Bundle(path={str(self.path)!r}, labels={self.labels}, multi_label={self.multi_label}, "
+                f"variant={self.variant!r}, providers={self.providers})")
+
+    def predict(self, texts: Sequence[str], labels: Sequence[Any] | None = None) -> ClassificationResult:
+        """Labels and probabilities for `texts`; metrics in metadata when true `labels` are given."""
+        texts = check_texts(texts)
+        targets = None
+        if labels is not None:
+            targets = self._encode_labels(labels, len(texts))
+        probs, degraded, reasons, usage = self._infer(texts)
+        predictions = decode_predictions(probs, self.labels, self.multi_label, self._manifest.thresholds)
+        metadata: dict[str, Any] = {
+            "degraded": degraded, "degraded_reasons": reasons, "llm_usage": usage,
+            "providers": self.providers, "variant": self.variant,
+        }
+        if targets is not None:
+            pred_idx = encode_targets(predictions, self.labels, self.multi_label)
+            metadata["metrics"] = classification_metrics(targets, pred_idx, self.labels, self.multi_label)
+        return ClassificationResult(predictions=predictions, probabilities=probs, labels=self.labels,
+                                    metadata=metadata)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities [n, C] in `labels` order (softmax for multi-class, sigmoids for multi-label)."""
+        return self._infer(check_texts(texts))[0]
+
+    def close(self) -> None:
+        """Release the LLM client (its HTTP connections and cache handle)."""
+        self._scorer.close()
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _encode_labels(self, labels: Sequence[Any], n: int) -> np.ndarray:
+        if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
+            raise DataError(f"'labels' must be a list with one entry per text (got {type(labels).__name__}).")
+        if len(labels) != n:
+            raise DataError(f"'labels' has {len(labels)} entries but there are {n} texts; they must match.")
+        try:
+            return encode_targets(labels, self.labels, self.multi_label)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+
+    def _infer(self, texts: list[str]) -> tuple[np.ndarray, list[int], dict[int, str], dict[str, Any]]:
+        """Probabilities, degraded row indices, their reasons, and LLM usage for validated texts."""
+        n_labels = len(self._manifest.labels)
+        if not texts:
+            return np.zeros((0, n_labels), np.float32), [], {}, dict(self._scorer.usage)
+        ids = self._tokenizer.encode(texts)  # before any LLM request: a tokenizer error costs nothing
+        raw, failed = self._llm_scores(texts)
+        ok = np.ones(len(texts), dtype=bool)
+        ok[list(failed)] = False
+        raw = np.where(ok[:, None], raw, np.float32(1.0 / n_labels)).astype(np.float32)  # placeholder rows
+        calibrated = self._calibrate(raw)
+        ml_logits, fused_logits = self._run_model(ids, calibrated)
+        logits = np.where(ok[:, None], fused_logits, ml_logits)
+        probs = logits_to_probabilities(logits, self.multi_label)
+        reasons = {i: str(err) for i, err in sorted(failed.items())}
+        return probs, sorted(failed), reasons, dict(self._scorer.usage)
+
+    def _llm_scores(self, texts: list[str]) -> tuple[np.ndarray, dict[int, LLMError]]:
+        if self.on_llm_error == "ml_only":
+            partial = self._scorer.score_partial(texts)
+            failed = {int(i): partial.errors.get(int(i)) or LLMError("no LLM score")
+                      for i in np.flatnonzero(~np.asarray(partial.ok))}
+            return np.asarray(partial.scores, dtype=np.float32), failed
+        try:
+            return np.asarray(self._scorer.score(texts), dtype=np.float32), {}
+        except LLMError as e:
+            raise type(e)(
+                f"{e} -- the bundle needs LLM scores; load it with on_llm_error='ml_only' to answer "
+                "from the encoder alone when the LLM cannot be reached.",
+                provider=e.provider, model=e.model, text_index=e.text_index, status_code=e.status_code,
+                request_id=e.request_id, last_response=e.last_response,
+            ) from e
+
+    def _calibrate(self, raw: np.ndarray) -> np.ndarray:
+        (out,) = self._calibrator.run({self._cal_in: raw}, [self._cal_out])
+        return np.asarray(out, dtype=np.float32)
+
+    def _run_model(self, ids: list[list[int]], calibrated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ml_logits and fused_logits [n, C] in input order; batches sorted by length, padded per batch."""
+        n, n_labels = len(ids), calibrated.shape[1]
+        order = np.argsort(np.fromiter((len(r) for r in ids), dtype=np.int64, count=n), kind="stable")
+        ml = np.empty((n, n_labels), np.float32)
+        fused = np.empty((n, n_labels), np.float32)
+        for start in range(0, n, self.batch_size):
+            rows = order[start:start + self.batch_size]
+            input_ids, attention_mask = self._tokenizer.pad([ids[i] for i in rows])
+            out_ml, out_fused = self._model.run(
+                {"input_ids": input_ids, "attention_mask": attention_mask, "llm_scores": calibrated[rows]},
+                K.OUTPUT_NAMES,
+            )
+            ml[rows], fused[rows] = out_ml, out_fused
+        return ml, fused
+
+    def _warm_up(self) -> None:
+        """One tiny run of each session so the first request does not pay for lazy initialisation."""
+        n_labels = len(self._manifest.labels)
+        calibrated = self._calibrate(np.full((1, n_labels), 1.0 / n_labels, np.float32))
+        ml, fused = self._run_model(self._tokenizer.encode(["warm up"]), calibrated)
+        if ml.shape != (1, n_labels) or fused.shape != (1, n_labels):
+            raise BundleError(f"{self._model.name}: outputs have shape {ml.shape} and {fused.shape}; "
+                              f"expected (1, {n_labels}) for the manifest's {n_labels} labels.")
+
+
+def check_texts(texts: Any) -> list[str]:
+    """A list or tuple of strings, else DataError naming the offending index (a bare str is refused)."""
+    if isinstance(texts, str):
+        raise DataError("'texts' must be a list of strings, got a single str; wrap it: predict([text]).")
+    if not isinstance(texts, (list, tuple)):
+        raise DataError(f"'texts' must be a list or tuple of strings (got {type(texts).__name__}).")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DataError(f"texts[{i}] must be a string (got {type(text).__name__}: {_short(text)}).")
+    return list(texts)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_arguments(variant: Any, on_llm_error: Any, batch_size: Any, intra_op_num_threads: Any,
+                     llm_api_key: Any, llm_base_url: Any) -> None:
+    if variant not in VARIANT_CHOICES:
+        raise ConfigError(f"'variant' must be one of {list(VARIANT_CHOICES)} (got {variant!r}).")
+    if on_llm_error not in ON_LLM_ERROR_CHOICES:
+        raise ConfigError(f"'on_llm_error' must be one of {list(ON_LLM_ERROR_CHOICES)} (got {on_llm_error!r}).")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"'batch_size' must be a positive int (got {batch_size!r}).")
+    if intra_op_num_threads is not None and (isinstance(intra_op_num_threads, bool)
+                                             or not isinstance(intra_op_num_threads, int)
+                                             or intra_op_num_threads < 1):
+        raise ConfigError(f"'intra_op_num_threads' must be None or a positive int (got {intra_op_num_threads!r}).")
+    if llm_api_key is not None and (not isinstance(llm_api_key, str) or not llm_api_key):
+        raise ConfigError("'llm_api_key' must be None or a non-empty string.")  # never echo a key
+    if llm_base_url is not None and (not isinstance(llm_base_url, str)
+                                     or not llm_base_url.startswith(("http://", "https://"))):
+        raise ConfigError(f"'llm_base_url' must be None or an http(s) URL (got {llm_base_url!r}).")
+
+
+def _llm_settings(manifest: BundleManifest, base_url: str | None) -> LLMSettings:
+    """The training-time LLM settings from the manifest (so the cache key matches), base URL overridable."""
+    fields = {k: v for k, v in manifest.llm.items() if k in _LLM_FIELDS}
+    if base_url is not None:
+        fields["base_url"] = base_url
+    try:
+        return LLMSettings(**fields)
+    except (ConfigError, TypeError) as e:
+        raise BundleError(f"{K.MANIFEST_FILE} 'llm': {e}") from None
+
+
+def _choose_variant(requested: str, manifest: BundleManifest, on_cuda: bool) -> str:
+    if requested == "auto":
+        return "fp16" if on_cuda and "fp16" in manifest.variants else "fp32"
+    if requested not in manifest.variants:
+        raise ConfigError(f"variant {requested!r} is not in this bundle (it has {sorted(manifest.variants)}).")
+    return requested
+
+
+__all__ = ["Bundle", "check_texts", "load_bundle"]

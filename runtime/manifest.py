@@ -1,0 +1,279 @@
+"""Read and verify a bundle directory (format, version, file names, sizes, sha256) before anything opens it.
+
+A bundle may come from an untrusted source. Nothing here executes or unpickles anything: the manifest
+is JSON, and every file it lists is checked for a safe name, its size and its sha256 before the
+runtime hands it to tokenizers or ONNX Runtime. `read_verified` re-checks the bytes it returns, so
+what ONNX Runtime parses is exactly what was verified (no window between check and use).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from textclassify.runtime import constants as K
+from textclassify.runtime.errors import BundleError
+
+BUNDLE_FORMAT = "textclassify-bundle"
+TASKS = ("multi_class", "multi_label")
+VARIANTS = ("fp32", "int8", "fp16")
+PADDING_MODES = ("longest",)
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few KiB; refuse to parse anything absurd
+_HASH_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """The verified manifest: parsed fields plus the raw JSON object (`raw`)."""
+
+    directory: Path
+    raw: dict[str, Any]
+    format_version: int
+    multi_label: bool
+    labels: list[str]
+    thresholds: list[float] | None
+    max_length: int
+    tokenizer: dict[str, Any]
+    calibrator: dict[str, Any]
+    variants: dict[str, str]
+    llm: dict[str, Any]
+    files: dict[str, dict[str, Any]]
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.labels)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(bundle_dir: str | os.PathLike[str]) -> BundleManifest:
+    """Parse manifest.json, check its schema, and verify every listed file; raise BundleError naming the file."""
+    directory = Path(bundle_dir)
+    if not directory.is_dir():
+        raise BundleError(f"Bundle directory {str(directory)!r} does not exist or is not a directory.")
+    raw = _read_manifest_json(directory)
+    manifest = _parse(directory, raw)
+    for name, entry in manifest.files.items():
+        _verify_file(directory, name, entry)
+    return manifest
+
+
+def read_verified(manifest: BundleManifest, name: str) -> bytes:
+    """The bytes of a listed file, re-checked against the manifest's size and sha256 as they are read."""
+    entry = manifest.files.get(name)
+    if entry is None:
+        raise BundleError(f"{name}: not listed in manifest.json 'files'; refusing an unverified file.")
+    path = _safe_path(manifest.directory, name)
+    data = path.read_bytes()
+    if len(data) != entry["bytes"]:
+        raise BundleError(f"{name}: size {len(data)} bytes differs from the manifest's {entry['bytes']} "
+                          "(truncated or replaced file).")
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise BundleError(f"{name}: sha256 differs from the manifest (tampered or corrupted file).")
+    return data
+
+
+def _read_manifest_json(directory: Path) -> dict[str, Any]:
+    path = directory / K.MANIFEST_FILE
+    if not path.exists() and not path.is_symlink():
+        raise BundleError(f"{K.MANIFEST_FILE} is missing from {str(directory)!r}; not a textclassify bundle.")
+    path = _safe_path(directory, K.MANIFEST_FILE)
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{K.MANIFEST_FILE}: {size} bytes is larger than the {MAX_MANIFEST_BYTES} allowed.")
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{K.MANIFEST_FILE} is not valid UTF-8 ({e.reason} at byte {e.start}).") from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{K.MANIFEST_FILE} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}).") \
+            from None
+    except ValueError as e:
+        raise BundleError(f"{K.MANIFEST_FILE} is not valid JSON ({e}).") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{K.MANIFEST_FILE} must hold a JSON object (got {type(raw).__name__}).")
+    return raw
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _parse(directory: Path, raw: dict[str, Any]) -> BundleManifest:
+    fmt = raw.get("format")
+    if fmt != BUNDLE_FORMAT:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'format' must be {BUNDLE_FORMAT!r} (got {fmt!r}).")
+    version = raw.get("format_version")
+    if not _is_int(version) or version < 1:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'format_version' must be a positive int (got {version!r}).")
+    if version > K.BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"{K.MANIFEST_FILE}: format_version {version} is newer than this textclassify supports "
+            f"({K.BUNDLE_FORMAT_VERSION}); upgrade textclassify to load this bundle."
+        )
+    task = _field(raw, "task", str)
+    if task not in TASKS:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'task' must be one of {list(TASKS)} (got {task!r}).")
+    labels = _labels(raw)
+    files = _files(raw)
+    tokenizer = _block(raw, "tokenizer", {"file": str})
+    calibrator = _block(raw, "calibrator", {"file": str, "input": str, "output": str})
+    variants = _variants(raw)
+    required = {"tokenizer.file": tokenizer["file"], "calibrator.file": calibrator["file"],
+                **{f"variants.{k}": v for k, v in variants.items()}}
+    for where, name in required.items():
+        if name not in files:
+            raise BundleError(f"{name} ({where}) is not listed in {K.MANIFEST_FILE} 'files'; "
+                              "refusing an unverified file.")
+    max_length = raw.get("max_length")
+    if not _is_int(max_length) or max_length < 2:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'max_length' must be an int >= 2 (got {max_length!r}).")
+    _tokenizer_settings(tokenizer)
+    return BundleManifest(
+        directory=directory, raw=raw, format_version=version, multi_label=task == "multi_label",
+        labels=labels, thresholds=_thresholds(raw, len(labels)), max_length=max_length, tokenizer=tokenizer,
+        calibrator=calibrator, variants=variants, llm=_block(raw, "llm", {"provider": str}), files=files,
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field(raw: dict[str, Any], key: str, kind: type) -> Any:
+    if key not in raw:
+        raise BundleError(f"{K.MANIFEST_FILE}: required key {key!r} is missing.")
+    value = raw[key]
+    if not isinstance(value, kind):
+        raise BundleError(f"{K.MANIFEST_FILE}: {key!r} must be a {kind.__name__} (got {type(value).__name__}).")
+    return value
+
+
+def _block(raw: dict[str, Any], key: str, required: dict[str, type]) -> dict[str, Any]:
+    block = _field(raw, key, dict)
+    for sub, kind in required.items():
+        if not isinstance(block.get(sub), kind):
+            raise BundleError(f"{K.MANIFEST_FILE}: '{key}.{sub}' must be a {kind.__name__} "
+                              f"(got {block.get(sub)!r}).")
+    return block
+
+
+def _labels(raw: dict[str, Any]) -> list[str]:
+    labels = _field(raw, "labels", list)
+    least = 2 if raw.get("task") == "multi_class" else 1
+    if len(labels) < least:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'labels' must list at least {least} label(s) (got {labels!r}).")
+    for i, lab in enumerate(labels):
+        if not isinstance(lab, str) or not lab:
+            raise BundleError(f"{K.MANIFEST_FILE}: labels[{i}] must be a non-empty string (got {lab!r}).")
+    if len(set(labels)) != len(labels):
+        dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+        raise BundleError(f"{K.MANIFEST_FILE}: 'labels' has duplicates: {dup}.")
+    return list(labels)
+
+
+def _thresholds(raw: dict[str, Any], n_labels: int) -> list[float] | None:
+    value = raw.get("thresholds")
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != n_labels:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'thresholds' must be null or a list of {n_labels} floats "
+                          f"(got {value!r}).")
+    for i, t in enumerate(value):
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0.0 <= t <= 1.0) or math.isnan(t):
+            raise BundleError(f"{K.MANIFEST_FILE}: thresholds[{i}] must be a float in [0, 1] (got {t!r}).")
+    return [float(t) for t in value]
+
+
+def _variants(raw: dict[str, Any]) -> dict[str, str]:
+    variants = _field(raw, "variants", dict)
+    for key, name in variants.items():
+        if key not in VARIANTS:
+            raise BundleError(f"{K.MANIFEST_FILE}: unknown variant {key!r} in 'variants'; "
+                              f"expected some of {list(VARIANTS)}.")
+        if not isinstance(name, str):
+            raise BundleError(f"{K.MANIFEST_FILE}: 'variants.{key}' must be a file name (got {name!r}).")
+    if "fp32" not in variants:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'variants' must include 'fp32' (got {sorted(variants)}).")
+    return dict(variants)
+
+
+def _tokenizer_settings(tokenizer: dict[str, Any]) -> None:
+    padding = tokenizer.get("padding", "longest")
+    if padding not in PADDING_MODES:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'tokenizer.padding' must be one of {list(PADDING_MODES)} "
+                          f"(got {padding!r}).")
+    pad_id = tokenizer.get("pad_token_id")
+    if pad_id is not None and (not _is_int(pad_id) or pad_id < 0):
+        raise BundleError(f"{K.MANIFEST_FILE}: 'tokenizer.pad_token_id' must be an int >= 0 (got {pad_id!r}).")
+    if not isinstance(tokenizer.get("truncation", True), bool):
+        raise BundleError(f"{K.MANIFEST_FILE}: 'tokenizer.truncation' must be true or false "
+                          f"(got {tokenizer.get('truncation')!r}).")
+
+
+def _files(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    files = _field(raw, "files", dict)
+    for name, entry in files.items():
+        _check_name(name)
+        if not isinstance(entry, dict):
+            raise BundleError(f"{name}: its entry in {K.MANIFEST_FILE} 'files' must be an object (got {entry!r}).")
+        digest, size = entry.get("sha256"), entry.get("bytes")
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise BundleError(f"{name}: 'sha256' in {K.MANIFEST_FILE} must be 64 lowercase hex digits "
+                              f"(got {digest!r}).")
+        if not _is_int(size) or size < 0:
+            raise BundleError(f"{name}: 'bytes' in {K.MANIFEST_FILE} must be an int >= 0 (got {size!r}).")
+    return files
+
+
+def _check_name(name: str) -> None:
+    """A listed file must be a plain name inside the bundle: no path, no parent, not absolute."""
+    if not name or "\x00" in name:
+        raise BundleError(f"{name!r}: listed in {K.MANIFEST_FILE} with an empty or invalid name.")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise BundleError(f"{name}: listed in {K.MANIFEST_FILE} with an absolute path; "
+                          "bundle files must be plain names inside the bundle.")
+    if ".." in name:
+        raise BundleError(f"{name}: listed in {K.MANIFEST_FILE} with '..'; "
+                          "bundle files must be plain names inside the bundle.")
+    if "/" in name or "\\" in name:
+        raise BundleError(f"{name}: listed in {K.MANIFEST_FILE} with a path separator; "
+                          "bundle files must be plain names inside the bundle.")
+    if name == K.MANIFEST_FILE:
+        raise BundleError(f"{name}: the manifest cannot list itself in 'files'.")
+
+
+def _safe_path(directory: Path, name: str) -> Path:
+    """The file's path, refusing symlinks that resolve outside the bundle and anything not a regular file."""
+    path = directory / name
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        root = Path(os.path.realpath(directory))
+        if root not in target.parents:
+            raise BundleError(f"{name}: is a symlink that leaves the bundle (-> {target}); refusing it.")
+    if not path.exists():
+        raise BundleError(f"{name}: listed in {K.MANIFEST_FILE} but missing from the bundle.")
+    if not path.is_file():
+        raise BundleError(f"{name}: is not a regular file.")
+    return path
+
+
+def _verify_file(directory: Path, name: str, entry: dict[str, Any]) -> None:
+    path = _safe_path(directory, name)
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise BundleError(f"{name}: size {size} bytes differs from the manifest's {entry['bytes']} "
+                          "(truncated or replaced file).")
+    if sha256_file(path) != entry["sha256"]:
+        raise BundleError(f"{name}: sha256 differs from the manifest (tampered or corrupted file).")
