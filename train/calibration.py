@@ -15,7 +15,6 @@ import sklearn
 from scipy.optimize import minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
-
 from textclassify.runtime import constants
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
 from textclassify.runtime.metrics import expected_calibration_error, log_loss
@@ -50,9 +49,10 @@ def _check_class_targets(y: Any, n_rows: int, n_labels: int) -> np.ndarray:
     arr = np.asarray(y)
     if arr.ndim != 1 or len(arr) != n_rows:
         raise DataError(f"'y' must be class indices of shape ({n_rows},) (got shape {arr.shape}).")
-    if n_rows and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= n_labels):
-        bad = next(i for i, v in enumerate(arr) if not (float(v).is_integer() and 0 <= v < n_labels))
-        raise DataError(f"'y' row {bad}: class index must be an int in [0, {n_labels}) (got {arr[bad]!r}).")
+    for row, value in enumerate(arr.tolist()):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                float(value).is_integer() and 0 <= value < n_labels):
+            raise DataError(f"'y' row {row}: class index must be an int in [0, {n_labels}) (got {value!r}).")
     return arr.astype(np.int64)
 
 
@@ -64,7 +64,7 @@ def _check_label_targets(Y: Any, shape: tuple[int, int]) -> np.ndarray:
     bad = np.argwhere((arr != 0) & (arr != 1))
     if len(bad):
         row, col = (int(v) for v in bad[0])
-        raise DataError(f"'Y' row {row}, column {col}: target must be 0 or 1 (got {arr[row, col]!r}).")
+        raise DataError(f"'Y' row {row}, column {col}: target must be 0 or 1 (got {arr[row, col].item()!r}).")
     return arr.astype(np.float64)
 
 
