@@ -37,3 +37,7 @@ DEFAULT_THRESHOLD = 0.5
 TEMPERATURE_BOUNDS = (0.01, 100.0)  # search range of the multi-class temperature T
 CALIBRATOR_INPUT = "llm_scores_raw"  # calibrator.onnx input: raw LLM scores float32 [B, C]
 CALIBRATOR_OUTPUT = "llm_scores"  # calibrator.onnx output: calibrated scores, model.onnx's input
+
+# LLM client (appended by the runtime.llm client)
+RETRY_AFTER_MAX_S = 60.0  # a server's Retry-After is honoured up to this many seconds
+LOGPROBS_MAX_TOKENS = 8  # answer length asked for with score_method logprobs (only the first token is read)
