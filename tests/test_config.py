@@ -1,0 +1,56 @@
+"""Config schema: defaults, merging and one message shape for every rejected key."""
+from __future__ import annotations
+
+import pytest
+
+from textclassify.runtime.errors import ConfigError
+from textclassify.train.config import DEFAULT_CONFIG, validate_config
+
+
+def test_defaults_are_valid():
+    """An empty config (plus a base URL-free provider) validates to the documented defaults."""
+    cfg = validate_config({})
+    assert cfg["llm_provider"] == "deepseek"
+    assert cfg["fusion"]["hidden_dims"] == [64, 32]
+    assert cfg["fusion"]["ml_lr"] == 1e-5 and cfg["fusion"]["fusion_lr"] == 1e-3
+    assert cfg["ml"] == DEFAULT_CONFIG["ml"]
+
+
+def test_nested_override_keeps_other_defaults():
+    """Overriding one nested key leaves its siblings at their defaults."""
+    cfg = validate_config({"ml": {"num_epochs": 1}})
+    assert cfg["ml"]["num_epochs"] == 1 and cfg["ml"]["batch_size"] == 16
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"fusion": {"hidden_dims": [64, -3]}}, "fusion.hidden_dims[1]: expected a positive integer, got -3"),
+    ({"fusion": {"ml_lr": -3}}, "fusion.ml_lr: expected a float in (0, 1], got -3"),
+    ({"ml": {"batch_size": "16"}}, "ml.batch_size: expected a positive integer, got '16'"),
+    ({"ml": {"num_epochs": True}}, "ml.num_epochs: expected a positive integer, got True"),
+    ({"fusion_split": 1.0}, "fusion_split: expected a float in (0, 1), got 1.0"),
+    ({"llm": {"score_method": "magic"}}, "llm.score_method: expected one of ['auto', 'logprobs', 'json'], got 'magic'"),
+    ({"llm_provider": "acme"}, "llm_provider: expected one of ['deepseek', 'gemini', 'local', 'openai', "
+                               "'openai-compatible'], got 'acme'"),
+    ({"ml": "fast"}, "ml: expected a mapping of keys, got 'fast'"),
+    ({"llm_provider": "openai-compatible"},
+     "llm_base_url: expected an http(s) URL when llm_provider is 'openai-compatible', got None"),
+])
+def test_rejections_name_the_key(config, message):
+    """Each wrong type or impossible value is a ConfigError naming the key's path."""
+    with pytest.raises(ConfigError) as e:
+        validate_config(config)
+    assert str(e.value) == message
+
+
+def test_unknown_keys_are_rejected():
+    """A typo in a key is an error that lists the known keys at that level."""
+    with pytest.raises(ConfigError, match=r"^fusion\.hiden_dims: unknown key \(known keys under fusion: "):
+        validate_config({"fusion": {"hiden_dims": [8]}})
+    with pytest.raises(ConfigError, match=r"^lable_columns: unknown key"):
+        validate_config({"lable_columns": ["x"]})
+
+
+def test_config_error_is_a_value_error():
+    """ConfigError also inherits ValueError, as users of scikit-learn expect."""
+    with pytest.raises(ValueError):
+        validate_config({"seed": -1})
