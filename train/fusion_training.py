@@ -68,7 +68,7 @@ def warm_up_mlp(mlp: FusionMLP, train_features: np.ndarray, train_targets: np.nd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         history.warmup_train_loss.append(total / max(1, len(order)))
         val = _mlp_loss(mlp, x_va, y_va, multi_label)
         history.warmup_val_loss.append(val)
@@ -144,7 +144,7 @@ def train_fusion(encoder: torch.nn.Module, tokenizer: Any, *, train_texts: Seque
             loss.backward()
             torch.nn.utils.clip_grad_norm_(wrapper.parameters(), 1.0)
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         history.joint_train_loss.append(total / max(1, len(order)))
         val = wrapper_loss(wrapper, tokenizer, val_texts, val_scores, val_targets, multi_label=multi_label,
                            max_length=max_length, batch_size=max(bs, 32))
