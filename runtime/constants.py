@@ -41,3 +41,10 @@ CALIBRATOR_OUTPUT = "llm_scores"  # calibrator.onnx output: calibrated scores, m
 # LLM client (appended by the runtime.llm client)
 RETRY_AFTER_MAX_S = 60.0  # a server's Retry-After is honoured up to this many seconds
 LOGPROBS_MAX_TOKENS = 8  # answer length asked for with score_method logprobs (only the first token is read)
+
+# Embedded local LLM (llm_provider "local"; appended by runtime.llm.local_server)
+LOCAL_GGUF_ENV = "TEXTCLASSIFY_LOCAL_GGUF"  # overrides the default GGUF path
+LOCAL_GGUF_DEFAULT = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf"  # under the project root; `make demo` fetches it
+LOCAL_SERVER_START_TIMEOUT_S = 120.0  # model load + first /health answer
+LOCAL_SERVER_CTX = 2048  # context tokens per parallel slot
+LOCAL_SERVER_PARALLEL = 4  # requests decoded together (continuous batching)
