@@ -1,0 +1,466 @@
+"""LLMScorer: per-label scores for texts from any OpenAI-compatible chat API, cached and concurrent.
+
+Requests go through the `openai` SDK (its own retries off; ours honour Retry-After and back off
+exponentially with jitter) on a private event loop in a daemon thread, so `score` works the same
+from plain code, from worker threads and from inside a running event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import sys
+import threading
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from textclassify.runtime import constants as K
+from textclassify.runtime.errors import ConfigError, DataError, LLMError, LLMResponseError
+from textclassify.runtime.llm import parsing as P
+from textclassify.runtime.llm.cache import ScoreCache, resolution_key, score_key
+from textclassify.runtime.llm.pricing import cost_usd
+from textclassify.runtime.llm.prompts import JSON, LOGPROBS, MAX_CODES, build_messages, label_codes, labels_need_codes
+from textclassify.runtime.llm.providers import PROVIDERS
+from textclassify.runtime.llm.settings import LLMSettings
+from tqdm import tqdm
+
+log = logging.getLogger("textclassify.llm")
+T = TypeVar("T")
+PLACEHOLDER_KEY = "not-needed"
+PROBE_ATTEMPTS = 3  # texts tried before score_method "auto" gives up resolving
+BUSY_POLL_S = 0.1  # how often a text another process is requesting is looked up again
+_USAGE_KEYS = ("requests", "cache_hits", "retries", "failures", "prompt_tokens", "completion_tokens", "total_tokens")
+
+
+@dataclass
+class PartialScores:
+    """Scores of the texts that succeeded (NaN rows elsewhere), a success mask and each failure."""
+
+    scores: np.ndarray
+    ok: np.ndarray
+    errors: dict[int, LLMError]
+
+
+class _Fallback(Exception):
+    """The logprobs probe found no usable logprobs: resolve 'auto' to json."""
+
+    def __init__(self, persist: bool) -> None:
+        super().__init__("no usable logprobs")
+        self.persist = persist
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread; callers block on its futures."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="textclassify-llm", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError("LLMScorer.score cannot be called from its own event loop thread")
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class LLMScorer:
+    """Scores texts against `labels` with the LLM `settings` describe; see DESIGN.md, 'LLM scores'."""
+
+    def __init__(
+        self, settings: LLMSettings, labels: Sequence[str], multi_label: bool, *,
+        cache_dir: str | os.PathLike[str] | None = K.DEFAULT_CACHE_DIR, api_key: str | None = None,
+        backoff_initial_s: float = K.BACKOFF_INITIAL_S, backoff_max_s: float = K.BACKOFF_MAX_S,
+    ) -> None:
+        self.settings = settings
+        self.labels = _check_labels(labels)
+        self.multi_label = bool(multi_label)
+        self._backoff = (float(backoff_initial_s), float(backoff_max_s))
+        preset = PROVIDERS[settings.provider]
+        if settings.max_concurrency < 1 or settings.timeout_s <= 0 or settings.max_retries < 0:
+            raise ConfigError("llm: max_concurrency must be >= 1, timeout_s > 0 and max_retries >= 0 "
+                              f"(got {settings.max_concurrency}, {settings.timeout_s}, {settings.max_retries})")
+        if settings.provider == "local":
+            self._base_url: str | None = None  # known once the local server runs
+            self._key_base_url, self.model = "local", settings.model or "default"
+        else:
+            base_url = settings.base_url or preset.base_url
+            if not base_url:
+                raise ConfigError(f"llm_base_url is required for llm_provider {settings.provider!r}")
+            self._base_url = self._key_base_url = base_url.rstrip("/")
+            model = settings.model or preset.default_model
+            if not model:
+                raise ConfigError(f"llm_model is required for llm_provider {settings.provider!r}")
+            self.model = model
+        self._api_model = self.model  # provider "local": the name its server reports
+        self._api_key = api_key or (os.environ.get(preset.api_key_env) if preset.api_key_env else None) or None
+        if preset.key_required and not self._api_key:
+            raise ConfigError(f"No API key for llm_provider {settings.provider!r}: set the environment variable "
+                              f"{preset.api_key_env} (API keys are read from the environment only).")
+        self._use_codes = labels_need_codes(self.labels)
+        self._codes = label_codes(self.labels) if self._use_codes and len(self.labels) <= MAX_CODES else None
+        self._method = self._initial_method(settings.score_method)
+        self._response_format_ok = True
+        self._usage = dict.fromkeys(_USAGE_KEYS, 0)
+        self._cache = ScoreCache(cache_dir) if cache_dir is not None else None
+        self._resolution_key = resolution_key(
+            provider=settings.provider, model=self.model, base_url=self._key_base_url,
+            prompt_version=settings.prompt_version, labels=self.labels, multi_label=self.multi_label)
+        if self._method is None and self._cache is not None:
+            self._method = self._cache.get_meta(self._resolution_key)
+        self._closed = False
+        self._runner: _LoopThread | None = None
+        self._client: Any = None
+        self._sem: asyncio.Semaphore | None = None
+        self._lease_s = (settings.timeout_s + self._backoff[1] + 1.0) * (settings.max_retries + 1)
+
+    def _initial_method(self, requested: str) -> str | None:
+        can_logprobs = not self.multi_label and (not self._use_codes or len(self.labels) <= MAX_CODES)
+        if requested == LOGPROBS and self.multi_label:
+            raise ConfigError("llm.score_method 'logprobs' is for multi-class tasks only; use 'json' or 'auto' "
+                              "for multi_label=True")
+        if requested == LOGPROBS and not can_logprobs:
+            raise ConfigError(f"llm.score_method 'logprobs' needs short codes for these labels, which cover at "
+                              f"most {MAX_CODES} labels (got {len(self.labels)}); use 'json' or 'auto'")
+        if requested == "auto":
+            return None if can_logprobs else JSON
+        return requested
+
+    # -- public surface --------------------------------------------------------------------------
+    @property
+    def score_method(self) -> str:
+        """'logprobs' or 'json'; 'auto' until the first request (or the cache) resolves it."""
+        return self._method or "auto"
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        """Requests, cache hits, retries, failures, token counts and estimated cost (None if unknown)."""
+        usage: dict[str, Any] = dict(self._usage)
+        usage["cost_usd"] = cost_usd(self.model, usage["prompt_tokens"], usage["completion_tokens"])
+        return usage
+
+    def score(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """Raw scores float32 [n, C] in label order; raises LLMError when any text fails for good."""
+        part = self.score_partial(texts, progress=progress)
+        if not part.errors:
+            return part.scores
+        first = part.errors[min(part.errors)]
+        failed = len({id(e) for e in part.errors.values()})
+        err = first
+        if failed > 1:
+            err = type(first)(f"{first} ({failed} texts failed; the first is shown)", provider=first.provider,
+                              model=first.model, text_index=first.text_index, status_code=first.status_code,
+                              request_id=first.request_id, last_response=first.last_response)
+        raise err
+
+    def score_partial(self, texts: Sequence[str], *, progress: bool = False) -> PartialScores:
+        """Scores with per-text failures reported in `errors` instead of raised."""
+        if self._closed:
+            raise RuntimeError("This LLMScorer is closed; create a new one.")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise DataError(f"texts[{i}] must be a string (got {type(text).__name__})")
+        n, c = len(texts), len(self.labels)
+        scores = np.full((n, c), np.nan, dtype=np.float32)
+        ok = np.zeros(n, dtype=bool)
+        errors: dict[int, LLMError] = {}
+        if n == 0:
+            return PartialScores(scores, ok, errors)
+        positions: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            positions.setdefault(text, []).append(i)
+        unique = list(positions)
+        if self._runner is None:
+            self._runner = _LoopThread()
+        results = self._runner.run(self._score_unique(unique, [positions[t][0] for t in unique], progress))
+        for text, result in zip(unique, results):
+            rows = positions[text]
+            if isinstance(result, LLMError):
+                errors.update(dict.fromkeys(rows, result))
+            else:
+                scores[rows] = np.asarray(result, dtype=np.float32)
+                ok[rows] = True
+        return PartialScores(scores, ok, errors)
+
+    def close(self) -> None:
+        """Close the HTTP client, the cache and the event loop thread (idempotent)."""
+        if self._runner is not None:
+            if self._client is not None:
+                self._runner.run(self._client.close())
+                self._client = None
+            self._runner.stop()
+            self._runner = None
+        self._sem = None
+        self._closed = True
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    def __enter__(self) -> LLMScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- scheduling ------------------------------------------------------------------------------
+    async def _score_unique(self, texts: list[str], indices: list[int], progress: bool) -> list[Any]:
+        results: list[Any] = [None] * len(texts)
+        pending = self._fill_from_cache(texts, results)
+        bar = tqdm(total=len(pending), desc="LLM scores", unit="text", file=sys.stderr, disable=not progress)
+        try:
+            if pending and self._method is None:
+                pending = await self._probe(texts, indices, pending, results, bar)
+                pending = self._fill_from_cache(texts, results, pending)
+            tasks = [asyncio.ensure_future(self._score_text(texts[j], indices[j], self._method or JSON))
+                     for j in pending]
+            for task in tasks:
+                task.add_done_callback(lambda _t: bar.update(1))
+            try:
+                for j, result in zip(pending, await asyncio.gather(*tasks)):
+                    results[j] = result
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+        finally:
+            bar.close()
+        return results
+
+    def _fill_from_cache(self, texts: list[str], results: list[Any], pending: list[int] | None = None) -> list[int]:
+        pending = list(range(len(texts))) if pending is None else pending
+        if self._cache is None or self._method is None or not pending:
+            return pending
+        keys = {j: self._key(texts[j], self._method) for j in pending}
+        found = self._cache.get_many(list(keys.values()), len(self.labels))
+        for j, key in keys.items():
+            if key in found:
+                results[j] = found[key]
+        self._usage["cache_hits"] += sum(key in found for key in keys.values())
+        return [j for j in pending if results[j] is None]
+
+    async def _probe(self, texts: list[str], indices: list[int], pending: list[int], results: list[Any],
+                     bar: Any) -> list[int]:
+        """Resolve score_method 'auto' on the first pending texts; returns those still pending."""
+        failures: list[LLMError] = []
+        for j in list(pending):
+            pending.remove(j)
+            results[j] = await self._score_text(texts[j], indices[j], None)
+            bar.update(1)
+            if self._method is not None:
+                return pending
+            failures.append(results[j])
+            if len(failures) == PROBE_ATTEMPTS:
+                break
+        last = failures[-1]
+        for j in pending:
+            results[j] = LLMError(
+                f"LLM request for text {indices[j]} was not sent: score_method 'auto' could not be resolved "
+                f"because the first {len(failures)} texts failed (last: {last})",
+                provider=self.settings.provider, model=self.model, text_index=indices[j],
+                status_code=last.status_code, request_id=last.request_id, last_response=last.last_response)
+            self._usage["failures"] += 1
+        bar.update(len(pending))
+        return []
+
+    def _key(self, text: str, method: str) -> str:
+        return score_key(provider=self.settings.provider, model=self.model, base_url=self._key_base_url,
+                         prompt_version=self.settings.prompt_version, score_method=method, labels=self.labels,
+                         multi_label=self.multi_label, text=text)
+
+    async def _score_text(self, text: str, index: int, method: str | None) -> list[float] | LLMError:
+        """One text's scores: from the cache, from another process's answer, or requested here.
+        `method` None is the 'auto' probe (no claim: the method, and so the key, is not known yet)."""
+        await self._ensure_client()
+        assert self._sem is not None
+        while True:
+            async with self._sem:
+                claim = None
+                if self._cache is not None and method is not None:
+                    key = self._key(text, method)
+                    claim = self._cache.claim(key, len(self.labels), self._lease_s)
+                    if claim.state == "cached":
+                        self._usage["cache_hits"] += 1
+                        return claim.scores  # type: ignore[return-value]
+                if claim is None or claim.state == "mine":
+                    return await self._request_and_store(text, index, method)
+            await asyncio.sleep(BUSY_POLL_S)
+
+    async def _request_and_store(self, text: str, index: int, method: str | None) -> list[float] | LLMError:
+        try:
+            if method is None:
+                used, scores, usage = await self._probe_request(text, index)
+            else:
+                used = method
+                scores, usage = await self._attempts(text, index, method)
+        except LLMError as err:
+            if self._cache is not None and method is not None:
+                self._cache.release(self._key(text, method))
+            self._usage["failures"] += 1
+            log.info("%s", err)
+            return err
+        except BaseException:
+            if self._cache is not None and method is not None:
+                self._cache.release(self._key(text, method))
+            raise
+        if self._cache is not None:
+            self._cache.put(self._key(text, used), scores, used, usage)
+        return scores
+
+    async def _probe_request(self, text: str, index: int) -> tuple[str, list[float], dict[str, int]]:
+        try:
+            scores, usage = await self._attempts(text, index, LOGPROBS, probe=True)
+            self._resolve(LOGPROBS, persist=True)
+            return LOGPROBS, scores, usage
+        except _Fallback as fallback:
+            persist = fallback.persist
+        log.info("score_method 'auto': %s gives no usable logprobs, using json", self.model)
+        self._resolve(JSON, persist=persist)
+        scores, usage = await self._attempts(text, index, JSON)
+        return JSON, scores, usage
+
+    def _resolve(self, method: str, persist: bool) -> None:
+        self._method = method
+        if persist and self._cache is not None:
+            self._cache.set_meta(self._resolution_key, method)
+
+    # -- one text, with retries ------------------------------------------------------------------
+    async def _ensure_client(self) -> None:
+        if self._client is not None:
+            return
+        import openai
+
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.settings.max_concurrency)
+        if self._base_url is None:  # provider "local": start (or reuse) the embedded server
+            from textclassify.runtime.llm.local_server import ensure_local_server
+
+            self._base_url, self._api_model = await asyncio.to_thread(ensure_local_server, self.settings.model)
+        self._client = openai.AsyncOpenAI(api_key=self._api_key or PLACEHOLDER_KEY, base_url=self._base_url,
+                                          timeout=self.settings.timeout_s, max_retries=0)
+
+    def _request_kwargs(self, method: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"model": self._api_model,
+                                  "temperature": self.settings.temperature}
+        if method == LOGPROBS:
+            kwargs.update(max_tokens=K.LOGPROBS_MAX_TOKENS, logprobs=True, top_logprobs=K.TOP_LOGPROBS)
+        else:
+            kwargs["max_tokens"] = 100 + 32 * len(self.labels)
+            if self._response_format_ok:
+                kwargs["response_format"] = {"type": "json_object"}
+        return kwargs
+
+    async def _attempts(self, text: str, index: int, method: str, probe: bool = False
+                        ) -> tuple[list[float], dict[str, int]]:
+        """Scores of one text by `method`, retrying transient failures; raises LLMError when they run out."""
+        import openai
+
+        messages = build_messages(text, self.labels, multi_label=self.multi_label, method=method,
+                                  use_codes=self._codes is not None)
+        attempt, parse_failed = 0, False
+        while True:
+            kwargs = self._request_kwargs(method)
+            status: int | None = None
+            request_id = retry_after = None
+            answer = ""
+            self._usage["requests"] += 1
+            try:
+                raw = await self._client.chat.completions.with_raw_response.create(messages=messages, **kwargs)
+            except openai.APIStatusError as e:
+                status, request_id, answer = e.status_code, e.request_id, _response_text(e.response)
+                retry_after = P.retry_after_seconds(e.response.headers)
+                if status == 400 and "response_format" in kwargs:
+                    self._response_format_ok = False  # the server rejects it: ask without, once
+                    log.info("%s rejected response_format json_object; asking without it", self.model)
+                    continue
+                if status == 400 and probe:
+                    raise _Fallback(persist=False) from None
+                retryable, reason, parse_failed = status in (408, 409, 429) or status >= 500, f"HTTP {status}", False
+            except openai.APITimeoutError:
+                retryable, reason, parse_failed = True, f"timed out after {self.settings.timeout_s:g} s", False
+            except openai.APIConnectionError as e:
+                cause = e.__cause__ or e
+                retryable, reason, parse_failed = True, f"connection failed ({type(cause).__name__}: {cause})", False
+            else:
+                status, request_id, answer = raw.status_code, raw.request_id, raw.text
+                try:
+                    return self._parse(answer, method, probe)
+                except LLMResponseError as e:
+                    retryable, reason, parse_failed = True, f"unusable answer: {e}", True
+            if not retryable or attempt >= self.settings.max_retries:
+                raise self._final_error(index, attempt + 1, status, request_id, reason, answer, parse_failed)
+            attempt += 1
+            self._usage["retries"] += 1
+            delay = self._delay(attempt, retry_after)
+            log.debug("retrying text %d in %.2f s after %s", index, delay, P.scrub(reason, self._api_key))
+            await asyncio.sleep(delay)
+
+    def _parse(self, body_text: str, method: str, probe: bool) -> tuple[list[float], dict[str, int]]:
+        body = P.parse_body(body_text)
+        prompt, completion, total = P.usage_counts(body)
+        self._usage["prompt_tokens"] += prompt
+        self._usage["completion_tokens"] += completion
+        self._usage["total_tokens"] += total
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+        choice = P.first_choice(body)
+        if method == JSON:
+            return P.parse_json_scores(P.message_content(choice), self.labels), usage
+        if probe:
+            pairs = P.first_token_logprobs(choice)
+            if pairs is None or P.logprob_scores(pairs, self.labels, self._codes) is None:
+                raise _Fallback(persist=True)
+        return P.parse_logprob_scores(choice, self.labels, self._codes), usage
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, K.RETRY_AFTER_MAX_S)
+        initial, cap = self._backoff
+        return min(initial * 2 ** (attempt - 1), cap) * random.uniform(0.5, 1.0)
+
+    def _final_error(self, index: int, attempts: int, status: int | None, request_id: str | None, reason: str,
+                     answer: str, parse_failed: bool) -> LLMError:
+        last = P.truncate(P.scrub(answer, self._api_key))
+        message = P.scrub(
+            f"LLM request for text {index} failed after {attempts} attempt(s) (provider "
+            f"{self.settings.provider!r}, model {self.model!r}, status {status if status is not None else 'none'}"
+            f"): {reason}; last answer: {last if last else '(none)'}", self._api_key)
+        cls = LLMResponseError if parse_failed else LLMError
+        return cls(message, provider=self.settings.provider, model=self.model, text_index=index, status_code=status,
+                   request_id=request_id, last_response=last)
+
+
+def _response_text(response: Any) -> str:
+    try:
+        return str(response.text)
+    except Exception:  # noqa: BLE001 - a body that cannot be decoded is reported as absent
+        return ""
+
+
+def _check_labels(labels: Sequence[str]) -> list[str]:
+    labels = list(labels)
+    if not labels:
+        raise ConfigError("labels: at least one label is required (got none)")
+    for i, label in enumerate(labels):
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"labels[{i}] must be a non-empty string (got {label!r})")
+        if "\n" in label or "\r" in label:
+            raise ConfigError(f"labels[{i}] must fit on one line (got {label!r})")
+    if len(set(labels)) != len(labels):
+        dup = sorted({label for label in labels if labels.count(label) > 1})
+        raise ConfigError(f"labels must be unique (repeated: {dup})")
+    return labels
