@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,10 @@ class Bundle:
         self.on_llm_error = on_llm_error
         self.batch_size = batch_size
         self._cal_in, self._cal_out = manifest.calibrator["input"], manifest.calibrator["output"]
+        # LLMScorer starts its event-loop thread lazily on the first call and that start is not
+        # thread-safe; the first call goes under this lock, later ones run concurrently.
+        self._llm_lock = threading.Lock()
+        self._llm_started = False
 
     @property
     def labels(self) -> list[str]:
@@ -95,6 +100,11 @@ class Bundle:
     @property
     def manifest(self) -> dict[str, Any]:
         return dict(self._manifest.raw)
+
+    @property
+    def llm_usage(self) -> dict[str, Any]:
+        """LLM requests, cache hits, failures, tokens and cost since the bundle was loaded."""
+        return dict(self._scorer.usage)
 
     @property
     def path(self) -> Path:
@@ -150,7 +160,7 @@ class Bundle:
         """Probabilities, degraded row indices, their reasons, and LLM usage for validated texts."""
         n_labels = len(self._manifest.labels)
         if not texts:
-            return np.zeros((0, n_labels), np.float32), [], {}, dict(self._scorer.usage)
+            return np.zeros((0, n_labels), np.float32), [], {}, self.llm_usage
         ids = self._tokenizer.encode(texts)  # before any LLM request: a tokenizer error costs nothing
         raw, failed = self._llm_scores(texts)
         ok = np.ones(len(texts), dtype=bool)
@@ -161,9 +171,20 @@ class Bundle:
         logits = np.where(ok[:, None], fused_logits, ml_logits)
         probs = logits_to_probabilities(logits, self.multi_label)
         reasons = {i: str(err) for i, err in sorted(failed.items())}
-        return probs, sorted(failed), reasons, dict(self._scorer.usage)
+        return probs, sorted(failed), reasons, self.llm_usage
 
     def _llm_scores(self, texts: list[str]) -> tuple[np.ndarray, dict[int, LLMError]]:
+        if not self._llm_started:
+            with self._llm_lock:
+                if not self._llm_started:
+                    try:
+                        return self._llm_call(texts)
+                    finally:
+                        self._llm_started = True
+        return self._llm_call(texts)
+
+    def _llm_call(self, texts: list[str]) -> tuple[np.ndarray, dict[int, LLMError]]:
+        """Raw LLM scores [n, C] and the failed rows (ml_only), or the LLMError raised with a hint (raise)."""
         if self.on_llm_error == "ml_only":
             partial = self._scorer.score_partial(texts)
             failed = {int(i): partial.errors.get(int(i)) or LLMError("no LLM score")

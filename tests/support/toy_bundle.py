@@ -115,8 +115,8 @@ def write_toy_bundle(out_dir: str | Path, tokenizer_json: str | Path, *, labels:
     """Write a complete, verifiable bundle to `out_dir`; returns the weights for `toy_reference`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
-    vocab_size = Tokenizer.from_file(str(tokenizer_json)).get_vocab_size(with_added_tokens=True)
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     weights = toy_weights(vocab_size, len(labels), seed)
     shutil.copyfile(tokenizer_json, out / K.TOKENIZER_FILE)
     onnx.save(build_model(weights), str(out / K.MODEL_FILE))
@@ -125,7 +125,7 @@ def write_toy_bundle(out_dir: str | Path, tokenizer_json: str | Path, *, labels:
     for name in extra_variants:  # same graph under another name: enough to test variant selection
         variants[name] = {"int8": K.MODEL_INT8_FILE, "fp16": K.MODEL_FP16_FILE}[name]
         shutil.copyfile(out / K.MODEL_FILE, out / variants[name])
-    pad_id = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<pad>")
+    pad_id = tokenizer.token_to_id("<pad>")
     c = len(labels)
     manifest = {
         "format": "textclassify-bundle", "format_version": K.BUNDLE_FORMAT_VERSION,

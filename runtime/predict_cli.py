@@ -1,0 +1,228 @@
+"""fusion-predict: score a CSV or JSONL file with a bundle; writes a CSV and a summary JSON next to it."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+from textclassify.runtime import constants as K
+from textclassify.runtime.errors import DataError, TextClassifyError
+from tqdm import tqdm
+
+CHUNK_ROWS = 512  # texts per predict call: progress granularity, and enough for the LLM's concurrency
+SUMMARY_SUFFIX = ".summary.json"
+EXAMPLES = """\b
+Examples:
+  fusion-predict --bundle bundles/v1 --input tickets.csv --output scored.csv
+  fusion-predict --bundle bundles/v1 --input tickets.jsonl --text-column body \\
+      --output scored.csv --providers cpu --variant int8 --on-llm-error ml_only
+
+\b
+The output CSV holds the input columns, then `prediction` (a label; for a multi-label bundle a
+JSON list of labels), one `prob_<label>` column per label and, with --on-llm-error ml_only, a
+`degraded` column (true where the LLM failed and the encoder alone answered). A summary
+(rows, prediction counts, degraded rows, providers, LLM usage, timing) is written to
+OUTPUT.summary.json. The LLM API key comes from the provider's environment variable.
+"""
+
+
+@click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--bundle", "bundle_dir", required=True, help="Bundle directory (written by fusion-export).")
+@click.option("--input", "input_path", required=True, help="Texts to score: a .csv or .jsonl file (UTF-8).")
+@click.option("--output", "output_path", required=True, help="CSV file to write (replaced atomically).")
+@click.option("--text-column", default="text", show_default=True, help="Column (or JSON key) holding the text.")
+@click.option("--providers", default="auto", show_default=True,
+              help="auto | cpu | cuda | comma-separated ONNX Runtime provider names.")
+@click.option("--variant", type=click.Choice(["auto", "fp32", "int8", "fp16"]), default="auto", show_default=True,
+              help="Model variant; auto = fp16 on CUDA when the bundle has it, else fp32.")
+@click.option("--on-llm-error", type=click.Choice(["raise", "ml_only"]), default="raise", show_default=True,
+              help="When the LLM fails: stop with an error, or answer from the encoder alone (flagged degraded).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=K.DEFAULT_BATCH_SIZE, show_default=True,
+              help="Texts per ONNX Runtime batch.")
+@click.option("--llm-base-url", default=None, help="Override the LLM endpoint recorded in the bundle.")
+@click.option("--cache-dir", default=K.DEFAULT_CACHE_DIR, show_default=True, help="LLM score cache directory.")
+@click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+def main(bundle_dir: str, input_path: str, output_path: str, text_column: str, providers: str, variant: str,
+         on_llm_error: str, batch_size: int, llm_base_url: str | None, cache_dir: str, debug: bool) -> None:
+    """Score every text of INPUT with a textclassify bundle and write predictions to OUTPUT."""
+    try:
+        summary = predict_file(
+            bundle_dir, input_path, output_path, text_column=text_column, providers=_providers(providers),
+            variant=variant, on_llm_error=on_llm_error, batch_size=batch_size, llm_base_url=llm_base_url,
+            cache_dir=cache_dir)
+    except (TextClassifyError, OSError) as e:
+        if debug:
+            raise
+        raise click.ClickException(_one_line(e)) from None
+    click.echo(f"Wrote {summary['rows']} rows to {output_path} ({summary['degraded_rows']} degraded); "
+               f"summary in {summary['summary_file']}", err=True)
+
+
+def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_column: str = "text",
+                 providers: str | list[str] = "auto", variant: str = "auto", on_llm_error: str = "raise",
+                 batch_size: int = K.DEFAULT_BATCH_SIZE, llm_base_url: str | None = None,
+                 cache_dir: str = K.DEFAULT_CACHE_DIR) -> dict[str, Any]:
+    """Read INPUT, predict with the bundle, write OUTPUT (CSV) and OUTPUT.summary.json; returns the summary."""
+    started = time.perf_counter()
+    columns, rows = read_rows(input_path, text_column)
+    from textclassify.runtime.bundle import load_bundle
+
+    with load_bundle(bundle_dir, providers=providers, variant=variant, on_llm_error=on_llm_error,
+                     batch_size=batch_size, llm_base_url=llm_base_url, cache_dir=cache_dir) as bundle:
+        out_columns = ["prediction"] + [f"prob_{lab}" for lab in bundle.labels]
+        out_columns += ["degraded"] if on_llm_error == "ml_only" else []
+        clash = [c for c in out_columns if c in columns]
+        if clash:
+            raise DataError(f"{input_path}: column(s) {clash} would be overwritten by the output; rename them.")
+        counts: Counter[str] = Counter()
+        degraded: list[int] = []
+        with _atomic_csv(output_path) as writer, tqdm(total=len(rows), unit="text", desc="fusion-predict",
+                                                       file=sys.stderr, disable=None) as bar:
+            writer.writerow(columns + out_columns)
+            for start in range(0, len(rows), CHUNK_ROWS):
+                chunk = rows[start:start + CHUNK_ROWS]
+                result = bundle.predict([row[text_column] for row in chunk])
+                bad = set(result.metadata["degraded"])
+                degraded += [start + i for i in sorted(bad)]
+                for i, (row, pred, probs) in enumerate(zip(chunk, result.predictions, result.probabilities)):
+                    counts.update(pred if bundle.multi_label else [pred])
+                    cells = [_cell(row.get(c)) for c in columns]
+                    cells.append(json.dumps(pred) if bundle.multi_label else pred)
+                    cells += [f"{float(p):.7g}" for p in probs]
+                    cells += (["true" if i in bad else "false"] if on_llm_error == "ml_only" else [])
+                    writer.writerow(cells)
+                bar.update(len(chunk))
+        seconds = time.perf_counter() - started
+        summary = {
+            "bundle": str(bundle_dir), "input": str(input_path), "output": str(output_path),
+            "text_column": text_column, "rows": len(rows), "labels": bundle.labels,
+            "task": "multi_label" if bundle.multi_label else "multi_class",
+            "prediction_counts": {lab: counts.get(lab, 0) for lab in bundle.labels},
+            "degraded_rows": len(degraded), "degraded": degraded, "providers": bundle.providers,
+            "variant": bundle.variant, "llm_usage": bundle.llm_usage, "seconds": round(seconds, 3),
+            "texts_per_second": round(len(rows) / seconds, 2) if seconds > 0 else None,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    summary["summary_file"] = str(output_path) + SUMMARY_SUFFIX
+    _atomic_write_text(summary["summary_file"], json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def read_rows(path: str, text_column: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns (in order) and rows of a .csv or .jsonl file; DataError naming the line for bad rows."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise DataError(f"--input must be a .csv or .jsonl file (got {path!r}).")
+    if not p.is_file():
+        raise DataError(f"Input file {path!r} does not exist or is not a file.")
+    try:
+        columns, rows, lines = _read_csv(p) if suffix == ".csv" else _read_jsonl(p)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}).") from None
+    except csv.Error as e:
+        raise DataError(f"{path} is not a readable CSV file ({e}).") from None
+    if text_column not in columns:
+        raise DataError(f"Column {text_column!r} is not in {path} (columns: {', '.join(columns) or 'none'}); "
+                        "choose one with --text-column.")
+    for line, row in zip(lines, rows):
+        value = row.get(text_column)
+        if not isinstance(value, str):
+            raise DataError(f"{path} line {line}: {text_column!r} must be a string "
+                            f"(got {'nothing' if value is None else type(value).__name__}).")
+    return columns, rows
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, Any]], list[int]]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = list(reader.fieldnames or [])
+        dup = sorted({c for c in columns if columns.count(c) > 1})
+        if dup:
+            raise DataError(f"{path}: duplicate column name(s) {dup} in the header.")
+        rows, lines = [], []
+        for row in reader:
+            if None in row:
+                raise DataError(f"{path} line {reader.line_num}: more fields than the header's {len(columns)}.")
+            rows.append(row)
+            lines.append(reader.line_num)
+    return columns, rows, lines
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], list[dict[str, Any]], list[int]]:
+    columns: dict[str, None] = {}
+    rows, lines = [], []
+    with open(path, encoding="utf-8-sig") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {line_no}: not valid JSON ({e.msg}).") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {line_no}: expected a JSON object (got {type(row).__name__}).")
+            columns.update(dict.fromkeys(row))
+            rows.append(row)
+            lines.append(line_no)
+    return list(columns), rows, lines
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class _atomic_csv:
+    """A csv.writer on a temp file in the target directory, renamed over the target only on success."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def __enter__(self) -> Any:
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        if not directory.is_dir():
+            raise DataError(f"Output directory {str(directory)!r} does not exist.")
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        self.fh = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        return csv.writer(self.fh)
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        self.fh.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".tmp", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _providers(value: str) -> str | list[str]:
+    return value if value in ("auto", "cpu", "cuda") else [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+if __name__ == "__main__":
+    main()
