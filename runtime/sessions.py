@@ -97,16 +97,18 @@ class OnnxModel:
                 raise BundleError(f"{name}: the graph has no {kind} {absent} (its {kind}s: {have}).")
         self.providers: list[str] = list(self.session.get_providers())
         self.uses_cuda = CUDA in self.providers
+        # Where outputs are bound: "cuda" keeps them on the GPU until copied once; None runs plainly.
+        self.bind_device: str | None = "cuda" if self.uses_cuda else None
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         """Run the graph on CPU arrays; returns the named outputs as numpy arrays."""
-        if not self.uses_cuda:
+        if self.bind_device is None:
             return self.session.run(list(outputs), dict(feeds))
         binding = self.session.io_binding()
         for key, value in feeds.items():
             binding.bind_cpu_input(key, np.ascontiguousarray(value))
         for key in outputs:
-            binding.bind_output(key, "cuda")
+            binding.bind_output(key, self.bind_device)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
