@@ -1,0 +1,110 @@
+"""runtime.sessions: provider lists, session options, IO binding and the missing-onnxruntime message."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from textclassify.runtime import constants as K
+from textclassify.runtime.errors import BundleError, ConfigError, MissingDependencyError
+from textclassify.runtime.sessions import (
+    OnnxModel,
+    import_onnxruntime,
+    resolve_providers,
+    session_options,
+)
+
+from tests.support.toy_bundle import build_calibrator, build_model, toy_weights
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def test_cpu_and_auto_without_gpu() -> None:
+    """'cpu' is CPU alone; 'auto' is CPU alone where this onnxruntime offers no CUDA."""
+    assert resolve_providers("cpu") == [CPU]
+    assert resolve_providers("auto") == ([CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU])
+
+
+def test_auto_prefers_cuda_when_offered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With onnxruntime-gpu's provider list, 'auto' and 'cuda' put CUDA first and end in CPU."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", CUDA, CPU])
+    assert resolve_providers("auto") == [CUDA, CPU]
+    assert resolve_providers("cuda") == [CUDA, CPU]
+    assert resolve_providers([CPU, CUDA]) == [CUDA, CPU]
+
+
+def test_cuda_unavailable_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    """providers='cuda' on a CPU-only onnxruntime says to install the gpu extra."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["AzureExecutionProvider", CPU])
+    with pytest.raises(ConfigError) as e:
+        resolve_providers("cuda")
+    assert str(e.value) == ("providers='cuda' but this onnxruntime offers no CUDAExecutionProvider (available: "
+                            "['AzureExecutionProvider', 'CPUExecutionProvider']); install textclassify[gpu] "
+                            "(onnxruntime-gpu) instead of textclassify[cpu].")
+
+
+def test_explicit_list_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit list keeps its order, always ends in CPU, and refuses providers not available."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["OpenVINOExecutionProvider", CPU])
+    assert resolve_providers(["OpenVINOExecutionProvider"]) == ["OpenVINOExecutionProvider", CPU]
+    with pytest.raises(ConfigError, match=r"^providers \['ROCMExecutionProvider'\] are not available"):
+        resolve_providers(["ROCMExecutionProvider", CPU])
+    with pytest.raises(ConfigError, match=r"^'providers' must be 'auto', 'cpu', 'cuda' or a non-empty list"):
+        resolve_providers([])
+
+
+def test_missing_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without onnxruntime the error names both extras."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingDependencyError) as e:
+        import_onnxruntime()
+    assert str(e.value) == ("onnxruntime is not installed; install textclassify[cpu] (pip install "
+                            "'textclassify[cpu]') or, on a CUDA machine, textclassify[gpu] -- never both.")
+
+
+def test_session_options() -> None:
+    """Full graph optimisation; intra-op threads only when given."""
+    opts = session_options(2)
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert opts.intra_op_num_threads == 2
+    assert session_options().intra_op_num_threads == 0  # 0 = onnxruntime's default
+
+
+def _toy_model() -> OnnxModel:
+    w = toy_weights(50, 3)
+    return OnnxModel("model.onnx", build_model(w).SerializeToString(), [CPU], session_options(1),
+                     K.INPUT_NAMES, K.OUTPUT_NAMES)
+
+
+def test_model_reports_providers_in_use() -> None:
+    """providers come from the session, not from the request."""
+    model = _toy_model()
+    assert model.providers == [CPU] and model.uses_cuda is False and model.bind_device is None
+
+
+def test_io_binding_path_equals_plain_run() -> None:
+    """The IO-binding path (bound to CPU here, to CUDA on a GPU) returns what plain run returns."""
+    model = _toy_model()
+    feeds = {"input_ids": np.array([[0, 5, 7, 2], [0, 9, 2, 1]], np.int64),
+             "attention_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.int64),
+             "llm_scores": np.full((2, 3), -1.0, np.float32)}
+    plain = model.run(feeds, K.OUTPUT_NAMES)
+    model.bind_device = "cpu"
+    bound = model.run(feeds, K.OUTPUT_NAMES)
+    for a, b in zip(plain, bound):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_graph_contract_checked() -> None:
+    """A graph lacking the manifest's inputs is a BundleError naming the file and what it has."""
+    with pytest.raises(BundleError) as e:
+        OnnxModel("calibrator.onnx", build_calibrator(3, 1.0).SerializeToString(), [CPU], session_options(),
+                  ["llm_scores_raw"], ["calibrated"])
+    assert str(e.value) == "calibrator.onnx: the graph has no output ['calibrated'] (its outputs: ['llm_scores'])."
+
+
+def test_unparseable_graph() -> None:
+    """Bytes that are not an ONNX model are a BundleError, not an onnxruntime traceback."""
+    with pytest.raises(BundleError, match=r"^model.onnx: ONNX Runtime could not load it \("):
+        OnnxModel("model.onnx", b"not a model at all", [CPU], session_options(), K.INPUT_NAMES, K.OUTPUT_NAMES)
