@@ -36,7 +36,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     },
     "fusion": {
         "hidden_dims": [64, 32], "dropout": 0.1, "ml_lr": 1e-5, "fusion_lr": 1e-3,
-        "num_epochs": 10, "batch_size": 16, "warmup_epochs": 30, "val_split": 0.25,
+        "num_epochs": 10, "batch_size": 16, "warmup_epochs": 200, "val_split": 0.25,
         "early_stopping_patience": 3,
     },
 }

@@ -31,9 +31,18 @@ class FusionMLP(nn.Module):
             prev = width
         layers.append(nn.Linear(prev, self.output_dim))
         self.net = nn.Sequential(*layers)
+        # Logits and probabilities live on different scales; standardising them (statistics of the
+        # fusion-train features, saved with the weights and exported in the graph) lets one learning rate fit both.
+        self.register_buffer("feature_mean", torch.zeros(self.input_dim))
+        self.register_buffer("feature_scale", torch.ones(self.input_dim))
+
+    def set_feature_scaling(self, features: torch.Tensor) -> None:
+        """Store the mean and spread of training features, used to standardise every input."""
+        self.feature_mean.copy_(features.mean(dim=0))
+        self.feature_scale.copy_(features.std(dim=0).clamp_min(1e-3) if len(features) > 1 else torch.ones_like(self.feature_scale))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+        return self.net((features - self.feature_mean) / self.feature_scale)
 
     def spec(self) -> dict:
         """Constructor arguments, for saving next to the weights."""

@@ -49,15 +49,16 @@ def _mlp_loss(mlp: FusionMLP, features: torch.Tensor, targets: torch.Tensor, mul
 
 def warm_up_mlp(mlp: FusionMLP, train_features: np.ndarray, train_targets: np.ndarray,
                 val_features: np.ndarray, val_targets: np.ndarray, *, multi_label: bool, lr: float,
-                epochs: int, batch_size: int, seed: int, history: FusionHistory) -> float:
+                epochs: int, batch_size: int, seed: int, history: FusionHistory, patience: int = 20) -> float:
     """Train the MLP alone on concat(stage-1 logits, calibrated scores); keeps its best val state."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x_tr, x_va = torch.as_tensor(train_features, dtype=torch.float32), torch.as_tensor(val_features, dtype=torch.float32)
     y_tr, y_va = targets_tensor(train_targets, multi_label), targets_tensor(val_targets, multi_label)
     loss_fn = loss_function(multi_label)
+    mlp.set_feature_scaling(x_tr)
     optimizer = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=0.01)
-    best, best_state = float("inf"), copy.deepcopy(mlp.state_dict())
+    best, best_state, bad = float("inf"), copy.deepcopy(mlp.state_dict()), 0
     for _ in range(epochs):
         mlp.train()
         order = torch.randperm(len(x_tr), generator=gen)
@@ -73,7 +74,11 @@ def warm_up_mlp(mlp: FusionMLP, train_features: np.ndarray, train_targets: np.nd
         val = _mlp_loss(mlp, x_va, y_va, multi_label)
         history.warmup_val_loss.append(val)
         if val < best - 1e-7:
-            best, best_state = val, copy.deepcopy(mlp.state_dict())
+            best, best_state, bad = val, copy.deepcopy(mlp.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
     mlp.load_state_dict(best_state)
     mlp.eval()
     return best
