@@ -18,6 +18,7 @@ from textclassify.runtime.metrics import classification_metrics
 from textclassify.runtime.sessions import OnnxModel, resolve_providers, session_options
 from textclassify.runtime.tokenization import BundleTokenizer
 from textclassify.runtime.types import ClassificationResult
+from textclassify.runtime.validation import validate_texts
 
 VARIANT_CHOICES = ("auto", "fp32", "int8", "fp16")
 ON_LLM_ERROR_CHOICES = ("raise", "ml_only")
@@ -116,7 +117,7 @@ class Bundle:
 
     def predict(self, texts: Sequence[str], labels: Sequence[Any] | None = None) -> ClassificationResult:
         """Labels and probabilities for `texts`; metrics in metadata when true `labels` are given."""
-        texts = check_texts(texts)
+        texts = validate_texts(texts)
         targets = None
         if labels is not None:
             targets = self._encode_labels(labels, len(texts))
@@ -134,7 +135,7 @@ class Bundle:
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities [n, C] in `labels` order (softmax for multi-class, sigmoids for multi-label)."""
-        return self._infer(check_texts(texts))[0]
+        return self._infer(validate_texts(texts))[0]
 
     def close(self) -> None:
         """Release the LLM client (its HTTP connections and cache handle)."""
@@ -160,9 +161,11 @@ class Bundle:
         """Probabilities, degraded row indices, their reasons, and LLM usage for validated texts."""
         n_labels = len(self._manifest.labels)
         if not texts:
-            return np.zeros((0, n_labels), np.float32), [], {}, self.llm_usage
+            return np.zeros((0, n_labels), np.float32), [], {}, {}
         ids = self._tokenizer.encode(texts)  # before any LLM request: a tokenizer error costs nothing
+        before = self._scorer.usage
         raw, failed = self._llm_scores(texts)
+        usage = usage_delta(self._scorer.usage, before)
         ok = np.ones(len(texts), dtype=bool)
         ok[list(failed)] = False
         raw = np.where(ok[:, None], raw, np.float32(1.0 / n_labels)).astype(np.float32)  # placeholder rows
@@ -171,7 +174,7 @@ class Bundle:
         logits = np.where(ok[:, None], fused_logits, ml_logits)
         probs = logits_to_probabilities(logits, self.multi_label)
         reasons = {i: str(err) for i, err in sorted(failed.items())}
-        return probs, sorted(failed), reasons, self.llm_usage
+        return probs, sorted(failed), reasons, usage
 
     def _llm_scores(self, texts: list[str]) -> tuple[np.ndarray, dict[int, LLMError]]:
         if not self._llm_started:
@@ -230,21 +233,14 @@ class Bundle:
                               f"expected (1, {n_labels}) for the manifest's {n_labels} labels.")
 
 
-def check_texts(texts: Any) -> list[str]:
-    """A list or tuple of strings, else DataError naming the offending index (a bare str is refused)."""
-    if isinstance(texts, str):
-        raise DataError("'texts' must be a list of strings, got a single str; wrap it: predict([text]).")
-    if not isinstance(texts, (list, tuple)):
-        raise DataError(f"'texts' must be a list or tuple of strings (got {type(texts).__name__}).")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise DataError(f"texts[{i}] must be a string (got {type(text).__name__}: {_short(text)}).")
-    return list(texts)
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def usage_delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """LLM usage of one call: numeric counters subtracted; others (cost None) taken from `after`."""
+    out: dict[str, Any] = {}
+    for key, value in after.items():
+        prev = before.get(key)
+        numeric = isinstance(value, (int, float)) and isinstance(prev, (int, float))
+        out[key] = value - prev if numeric else value
+    return out
 
 
 def _check_arguments(variant: Any, on_llm_error: Any, batch_size: Any, intra_op_num_threads: Any,
@@ -285,4 +281,4 @@ def _choose_variant(requested: str, manifest: BundleManifest, on_cuda: bool) -> 
     return requested
 
 
-__all__ = ["Bundle", "check_texts", "load_bundle"]
+__all__ = ["Bundle", "load_bundle"]

@@ -217,6 +217,10 @@ def _tokenizer_settings(tokenizer: dict[str, Any]) -> None:
     pad_id = tokenizer.get("pad_token_id")
     if pad_id is not None and (not _is_int(pad_id) or pad_id < 0):
         raise BundleError(f"{K.MANIFEST_FILE}: 'tokenizer.pad_token_id' must be an int >= 0 (got {pad_id!r}).")
+    for side in ("padding_side", "truncation_side"):
+        if tokenizer.get(side, "right") != "right":
+            raise BundleError(f"{K.MANIFEST_FILE}: 'tokenizer.{side}' must be 'right', the only side the runtime "
+                              f"supports (got {tokenizer.get(side)!r}).")
     if not isinstance(tokenizer.get("truncation", True), bool):
         raise BundleError(f"{K.MANIFEST_FILE}: 'tokenizer.truncation' must be true or false "
                           f"(got {tokenizer.get('truncation')!r}).")

@@ -98,17 +98,21 @@ def test_metadata_and_metrics(toy, llm_server: FakeLLMServer, tmp_path: Path) ->
 def test_second_predict_served_from_cache(toy, llm_server: FakeLLMServer, tmp_path: Path) -> None:
     """The same texts again send no LLM request (same cache key as the scorer)."""
     with load_bundle(toy[0], llm_base_url=llm_server.base_url, cache_dir=tmp_path) as bundle:
-        first = bundle.predict_proba(TEXTS[:6])
-        before = llm_server.requests
-        np.testing.assert_array_equal(bundle.predict_proba(TEXTS[:6]), first)
-    assert llm_server.requests == before == 6
+        first = bundle.predict(TEXTS[:6])
+        again = bundle.predict(TEXTS[:6])
+        assert bundle.llm_usage["requests"] == 6 and bundle.llm_usage["cache_hits"] == 6
+    np.testing.assert_array_equal(again.probabilities, first.probabilities)
+    assert first.metadata["llm_usage"]["requests"] == 6 and again.metadata["llm_usage"]["requests"] == 0
+    assert again.metadata["llm_usage"]["cache_hits"] == 6
+    assert llm_server.requests == 6
 
 
 @pytest.mark.parametrize(("texts", "message"), [
-    ("one text", "'texts' must be a list of strings, got a single str; wrap it: predict([text])."),
-    (["a", None, "c"], "texts[1] must be a string (got NoneType: None)."),
-    (["a", "b", 3], "texts[2] must be a string (got int: 3)."),
-    ({"a": 1}, "'texts' must be a list or tuple of strings (got dict)."),
+    ("one text", "texts: expected a list of strings, got a single str; pass [text] instead."),
+    (["a", None, "c"], "texts[1]: expected a string, got None (NoneType)."),
+    (("a", "b", 3), "texts[2]: expected a string, got 3 (int)."),
+    (None, "texts: expected a list of strings, got None."),
+    (5, "texts: expected a list of strings, got int."),
 ])
 def test_input_validation(toy, llm_server: FakeLLMServer, tmp_path: Path, texts, message: str) -> None:
     """Bad input is a DataError naming the index, raised before any LLM request."""

@@ -221,6 +221,10 @@ def test_unlisted_variant_refused(bundle: Path) -> None:
     ({"variants": {"fp32": "model.onnx", "bf16": "x"}},
      "manifest.json: unknown variant 'bf16' in 'variants'; expected some of ['fp32', 'int8', 'fp16']."),
     ({"format_version": "1"}, "manifest.json: 'format_version' must be a positive int (got '1')."),
+    ({"tokenizer": {"file": "tokenizer.json", "pad_token_id": 1, "padding_side": "left"}},
+     "manifest.json: 'tokenizer.padding_side' must be 'right', the only side the runtime supports (got 'left')."),
+    ({"tokenizer": {"file": "tokenizer.json", "pad_token_id": 1, "padding": "max_length"}},
+     "manifest.json: 'tokenizer.padding' must be one of ['longest'] (got 'max_length')."),
 ])
 def test_schema_errors(bundle: Path, changes: dict, message: str) -> None:
     """Each malformed field gets one message naming it, what was expected and what came."""
