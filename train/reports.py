@@ -126,7 +126,7 @@ def plot_confusion_matrix(path: Path, targets: np.ndarray, predicted: np.ndarray
     ax = fig.add_subplot()
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    names = [_short(label) for label in labels]
+    names = [_short(label, 26 if c <= 5 else 18) for label in labels]
     rotate = c > 4 or max(len(n) for n in names) > 6
     ax.set_xticks(range(c), names, rotation=45 if rotate else 0, ha="right" if rotate else "center",
                   rotation_mode="anchor")
@@ -337,7 +337,7 @@ def write_report(output_dir: str | os.PathLike, metadata: Mapping[str, Any], hel
         "models": metrics,
         "llm_usage": metadata.get("llm_usage"), "llm_score_method": metadata.get("llm_score_method"),
         "splits": metadata.get("splits"), "timings": metadata.get("timings"),
-        "files": sorted(p.name for p in written) + ["metrics.json"],
+        "files": sorted([p.name for p in written] + ["metrics.json"]),
     }
     persistence.write_json(folder / "metrics.json", payload)
     written.append(folder / "metrics.json")
