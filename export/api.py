@@ -1,0 +1,365 @@
+"""export_bundle: a fitted AutoFusionClassifier (or its saved folder) -> a verified, self-contained bundle.
+
+Steps: tokenizer.json; PyTorch reference outputs on the parity texts; calibrator.onnx; model.onnx
+(traced, then ONNX Runtime's transformer optimizer, kept only when parity holds on it); optional
+int8 / fp16 variants; the parity gate over all of them; manifest.json; one rename into place.
+Any mismatch raises ExportError listing every mismatch, and nothing is written.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from textclassify.runtime import constants as K
+from textclassify.runtime.errors import ExportError
+
+REQUIRED_ATTRIBUTES = ("model_", "tokenizer_", "calibrator_", "labels_", "multi_label_", "thresholds_",
+                       "max_length_", "llm_settings_", "metrics_", "validation_")
+LLM_MANIFEST_KEYS = ("provider", "model", "base_url", "temperature", "max_concurrency", "timeout_s",
+                     "max_retries", "score_method", "prompt_version")
+MIN_OPSET = 14  # scaled_dot_product_attention and the optimizer's fused ops need 14 or newer
+_OFFSET_POSITION_FALLBACK = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "bart", "mpnet"})
+
+
+def export_bundle(model: Any, output_dir: str | os.PathLike[str], *, int8: bool = False, fp16: bool = False,
+                  opset: int = K.ONNX_OPSET, max_length: int | None = None, texts: Sequence[str] | None = None,
+                  raw_llm_scores: np.ndarray | None = None, progress: bool = True) -> Path:
+    """Export `model` (fitted classifier or saved-model folder) to `output_dir`; returns the bundle path."""
+    say = _reporter(progress)
+    _check_options(int8, fp16, opset, max_length)
+    target = _check_target(output_dir)
+    fitted = _resolve_model(model, say)
+    n_labels = len(fitted.labels_)
+    length = _bundle_max_length(fitted, max_length)
+    texts, raw_llm_scores = _parity_inputs(fitted, texts, raw_llm_scores)
+
+    from textclassify.export import parity
+    from textclassify.export.bundle_writer import BundleStage
+
+    data = parity.parity_data(texts, raw_llm_scores, n_labels, fitted.tokenizer_, length)
+    with BundleStage(target) as stage:
+        steps = _ExportRun(fitted, stage, data, length, opset, say)
+        steps.run(int8=int8, fp16=fp16)
+        say(f"writing {K.MANIFEST_FILE} and moving the bundle into {target}")
+        stage.commit(build_manifest(fitted, steps, length, opset))
+    say("done")
+    return target
+
+
+def build_manifest(fitted: Any, steps: Any, max_length: int, opset: int) -> dict[str, Any]:
+    """manifest.json's content (the writer adds "files")."""
+    from textclassify.export.model_onnx import GraphSpec
+
+    n_labels = len(fitted.labels_)
+    inputs, outputs = GraphSpec(opset=opset).manifest_io(n_labels)
+    thresholds = None
+    if fitted.multi_label_:
+        thresholds = [float(t) for t in (fitted.thresholds_ or [K.DEFAULT_THRESHOLD] * n_labels)]
+    settings = fitted.llm_settings_.to_dict()
+    return {
+        "format": "textclassify-bundle",
+        "format_version": K.BUNDLE_FORMAT_VERSION,
+        "task": "multi_label" if fitted.multi_label_ else "multi_class",
+        "labels": [str(label) for label in fitted.labels_],
+        "thresholds": thresholds,
+        "max_length": int(max_length),
+        "tokenizer": steps.tokenizer_entry,
+        "inputs": inputs,
+        "outputs": outputs,
+        "calibrator": {"file": K.CALIBRATOR_FILE, "input": K.CALIBRATOR_INPUT, "output": K.CALIBRATOR_OUTPUT,
+                       "kind": fitted.calibrator_.to_dict()["kind"]},
+        "variants": steps.variants,
+        "llm": {key: settings.get(key) for key in LLM_MANIFEST_KEYS},
+        "metrics": getattr(fitted, "metrics_", {}) or {},
+        "parity": steps.parity,
+        "graph": steps.graph,
+        "versions": library_versions(opset),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+
+
+def library_versions(opset: int) -> dict[str, Any]:
+    """Versions of the libraries that built the bundle."""
+    out: dict[str, Any] = {}
+    for name in ("textclassify", "torch", "transformers", "onnx", "onnxruntime", "skl2onnx", "tokenizers"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    out["opset"] = int(opset)
+    return out
+
+
+def _reporter(enabled: bool) -> Callable[[str], None]:
+    """Progress lines on stderr ("fusion-export [  2.1s] message"), or nothing."""
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        if enabled:
+            print(f"fusion-export [{time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_options(int8: Any, fp16: Any, opset: Any, max_length: Any) -> None:
+    for name, value in (("int8", int8), ("fp16", fp16)):
+        if not isinstance(value, bool):
+            raise ExportError(f"'{name}' must be a bool (got {value!r}, a {type(value).__name__}).")
+    if not _is_int(opset) or opset < MIN_OPSET:
+        raise ExportError(f"'opset' must be an int >= {MIN_OPSET} (got {opset!r}).")
+    if max_length is not None and (not _is_int(max_length) or max_length < 2):
+        raise ExportError(f"'max_length' must be an int >= 2 or None (got {max_length!r}).")
+
+
+def _check_target(output_dir: Any) -> Path:
+    if not isinstance(output_dir, str | os.PathLike) or not str(output_dir):
+        raise ExportError(f"'output_dir' must be a path (got {output_dir!r}).")
+    from textclassify.export.bundle_writer import check_target
+
+    return check_target(output_dir)
+
+
+def _resolve_model(model: Any, say: Callable[[str], None]) -> Any:
+    """A fitted classifier as given, or loaded from a saved-model folder."""
+    if isinstance(model, str | os.PathLike):
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            raise ExportError(f"Saved model directory {str(folder)!r} does not exist or is not a directory.")
+        say(f"loading the saved model from {folder}")
+        from textclassify.train.auto import AutoFusionClassifier
+
+        model = AutoFusionClassifier.load(folder)
+    check = getattr(model, "_check_fitted", None)
+    if callable(check):
+        check()
+    missing = [name for name in REQUIRED_ATTRIBUTES if not hasattr(model, name)]
+    if missing:
+        raise ExportError(f"export needs a fitted AutoFusionClassifier or a saved-model folder; the "
+                          f"{type(model).__name__} given lacks {missing}.")
+    return model
+
+
+def _position_limit(encoder: Any) -> int | None:
+    """The longest input the encoder's position embeddings allow (RoBERTa-like models reserve two)."""
+    config = getattr(encoder, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if not _is_int(limit):
+        return None
+    try:
+        from textclassify.train.encoder import _OFFSET_POSITION_MODELS as offset_models
+    except ImportError:
+        offset_models = _OFFSET_POSITION_FALLBACK
+    return limit - 2 if getattr(config, "model_type", None) in offset_models else limit
+
+
+def _bundle_max_length(fitted: Any, requested: int | None) -> int:
+    length = int(fitted.max_length_) if requested is None else requested
+    limit = _position_limit(fitted.model_.encoder)
+    if limit is not None and length > limit:
+        raise ExportError(f"'max_length' {length} is more than the encoder allows ({limit} tokens, from "
+                          f"max_position_embeddings); choose {limit} or less.")
+    return length
+
+
+def _parity_inputs(fitted: Any, texts: Any, raw: Any) -> tuple[Any, Any]:
+    if (texts is None) != (raw is None):
+        raise ExportError("Pass 'texts' and 'raw_llm_scores' together (the raw LLM scores of those texts), "
+                          "or neither to use the model's validation texts.")
+    if texts is not None:
+        return texts, raw
+    validation = fitted.validation_ or {}
+    if not validation.get("texts"):
+        raise ExportError("The model holds no validation texts for the parity check; pass texts= and "
+                          "raw_llm_scores= (their raw LLM scores).")
+    return validation["texts"], validation.get("raw_llm_scores")
+
+
+class _ExportRun:
+    """The export's steps in order; gathers parity figures, graph facts and variants for the manifest."""
+
+    def __init__(self, fitted: Any, stage: Any, data: Any, max_length: int, opset: int,
+                 say: Callable[[str], None]) -> None:
+        from textclassify.export.model_onnx import GraphSpec
+        from textclassify.export.parity import Findings
+
+        self.fitted, self.stage, self.data, self.max_length, self.say = fitted, stage, data, max_length, say
+        self.spec = GraphSpec(opset=opset)
+        self.n_labels = len(fitted.labels_)
+        self.found = Findings()
+        self.parity: dict[str, Any] = {}
+        self.graph: dict[str, Any] = {}
+        self.variants: dict[str, str] = {}
+        self.tokenizer_entry: dict[str, Any] = {}
+
+    def run(self, *, int8: bool, fp16: bool) -> None:
+        """Every step; raises ExportError listing all mismatches before any variant or after them."""
+        from textclassify.export import parity
+
+        self._tokenizer()
+        self.say(f"running the PyTorch reference on {len(self.data.texts)} texts "
+                 f"(batch sizes {', '.join(map(str, parity.PARITY_BATCH_SIZES))})")
+        self.reference = parity.torch_reference(self.fitted, self.data, self.max_length)
+        self.found.extend(parity.check_tokenizer(self.tokenizer, self.data, self.reference))
+        self._calibrator()
+        self._model()
+        self._raise_on_mismatch()
+        if int8:
+            self._int8()
+        if fp16:
+            self._fp16()
+        self._raise_on_mismatch()
+
+    def _raise_on_mismatch(self) -> None:
+        problems = self.found.problems()
+        if problems:
+            raise ExportError(f"Export refused, nothing written to {str(self.stage.target)!r}: the ONNX bundle does "
+                              f"not match PyTorch ({len(problems)} mismatch(es)): " + "; ".join(problems))
+
+    def _tokenizer(self) -> None:
+        from textclassify.export.bundle_writer import bundle_tokenizer
+        from textclassify.runtime.tokenization import BundleTokenizer
+        from tokenizers import Tokenizer
+
+        self.say(f"writing {K.TOKENIZER_FILE} (truncation to {self.max_length} tokens, padding to the longest)")
+        text, self.tokenizer_entry = bundle_tokenizer(self.fitted.tokenizer_, self.max_length)
+        self.stage.path(K.TOKENIZER_FILE).write_text(text, encoding="utf-8")
+        self.tokenizer = BundleTokenizer(Tokenizer.from_str(text), self.max_length,
+                                         self.tokenizer_entry["pad_token_id"])
+
+    def _calibrator(self) -> None:
+        import onnx
+        from textclassify.export.calibrator_onnx import calibrator_to_onnx
+        from textclassify.export.parity import check_calibrator
+
+        self.say(f"converting the calibrator to {K.CALIBRATOR_FILE}")
+        path = self.stage.path(K.CALIBRATOR_FILE)
+        onnx.save(calibrator_to_onnx(self.fitted.calibrator_, self.n_labels, self.spec.opset), str(path))
+        found, figures, calibrated = check_calibrator(path, self.fitted, self.data, self.reference,
+                                                      self.spec.fp32_tolerance)
+        self.found.extend(found)
+        self.parity["calibrator"] = figures
+        self.calibrated = self.reference.calibrated if calibrated is None else calibrated
+
+    def _fp32_findings(self, path: Path, name: str) -> tuple[Any, dict[str, Any]]:
+        from textclassify.export import parity
+
+        session, found = self._session(path, name, ["CPUExecutionProvider"])
+        if session is None or found.names:
+            return found, {}
+        got = parity.run_graph(session, self.tokenizer, self.data, self.calibrated, parity.PARITY_BATCH_SIZES,
+                               self.spec)
+        values, figures = parity.compare_fp32(name, self.reference, got, self.spec.fp32_tolerance)
+        found.extend(values)
+        return found, figures
+
+    def _session(self, path: Path, name: str, providers: list[str]) -> tuple[Any, Any]:
+        from textclassify.export import parity
+
+        try:
+            session = parity.open_session(path, providers)
+        except Exception as e:  # noqa: BLE001 -- ORT raises its own types for graphs it cannot load
+            found = parity.Findings(names=[f"{name}: ONNX Runtime could not load it ({_first_line(e)})"])
+            return None, found
+        return session, parity.check_signature(session, name, self.spec)
+
+    def _model(self) -> None:
+        from textclassify.export import parity
+        from textclassify.export.model_onnx import export_model_onnx
+        from textclassify.export.optimize import optimize_onnx
+
+        self.say(f"tracing {K.MODEL_FILE} (encoder + fusion MLP, opset {self.spec.opset})")
+        plain = self.stage.work("model.plain.onnx")
+        facts = export_model_onnx(self.fitted.model_, self.fitted.tokenizer_, plain, texts=self.data.texts,
+                                  max_length=self.max_length, n_labels=self.n_labels, spec=self.spec)
+        self.say(f"checking {K.MODEL_FILE} against PyTorch")
+        found, figures = self._fp32_findings(plain, K.MODEL_FILE)
+        chosen, optimization = plain, {"applied": False, "reason": "the plain graph failed parity"}
+        if not found.problems():
+            self.say("running ONNX Runtime's transformer optimizer")
+            optimized = self.stage.work("model.optimized.onnx")
+            result = optimize_onnx(plain, optimized, self.fitted.model_.encoder.config)
+            optimization = result.to_manifest()
+            if result.applied:
+                opt_found, opt_figures = self._fp32_findings(optimized, f"{K.MODEL_FILE} (optimised)")
+                if opt_found.problems():
+                    optimization["rejected"] = "parity failed on the optimised graph: " + \
+                        "; ".join(opt_found.problems())
+                else:
+                    chosen, found, figures = optimized, opt_found, opt_figures
+            optimization["kept"] = chosen == optimized if result.applied else False
+        os.replace(chosen, self.stage.path(K.MODEL_FILE))
+        self.found.extend(found)
+        self.graph = {**facts, "optimization": optimization}
+        self.parity["fp32"] = {**figures, "n_texts": len(self.data.texts),
+                               "batch_sizes": list(parity.PARITY_BATCH_SIZES),
+                               "truncated_texts": self.data.truncated, "provider": "CPUExecutionProvider",
+                               "graph": "optimized" if optimization.get("kept") else "plain"}
+        self.variants["fp32"] = K.MODEL_FILE
+
+    def _reduced(self, path: Path, name: str, providers: list[str]) -> tuple[Any, dict[str, Any], str | None]:
+        """Findings and figures for a reduced-precision graph; a reason instead when it cannot run here."""
+        from textclassify.export import parity
+
+        session, found = self._session(path, name, providers)
+        if session is None:
+            return parity.Findings(), {}, found.names[0]
+        if found.names:
+            return found, {}, None
+        try:
+            got = parity.run_graph(session, self.tokenizer, self.data, self.calibrated, parity.PARITY_BATCH_SIZES,
+                                   self.spec)
+        except Exception as e:  # noqa: BLE001 -- a kernel missing on this provider surfaces at run time
+            return parity.Findings(), {}, f"ONNX Runtime could not run {name} ({_first_line(e)})"
+        values, figures = parity.compare_reduced(name, self.reference, got, self.fitted.multi_label_,
+                                                 self.fitted.thresholds_, K.REDUCED_PRECISION_MIN_AGREEMENT)
+        figures["provider"] = session.get_providers()[0]
+        return values, figures, None
+
+    def _int8(self) -> None:
+        from textclassify.export.variants import quantize_int8
+
+        self.say(f"quantising {K.MODEL_INT8_FILE} (dynamic, int8 weights per channel)")
+        path = self.stage.path(K.MODEL_INT8_FILE)
+        self.graph["int8"] = quantize_int8(self.stage.path(K.MODEL_FILE), path)
+        found, figures, reason = self._reduced(path, K.MODEL_INT8_FILE, ["CPUExecutionProvider"])
+        if reason is not None:
+            found.values.append(reason)
+        self.found.extend(found)
+        self.parity["int8"] = figures
+        self.variants["int8"] = K.MODEL_INT8_FILE
+
+    def _fp16(self) -> None:
+        import onnxruntime as ort
+        from textclassify.export.variants import convert_fp16
+
+        self.say(f"converting {K.MODEL_FP16_FILE} (float16 weights, float32 inputs and outputs)")
+        path = self.stage.path(K.MODEL_FP16_FILE)
+        self.graph["fp16"] = convert_fp16(self.stage.path(K.MODEL_FILE), path)
+        cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        found, figures, reason = self._reduced(path, K.MODEL_FP16_FILE, providers)
+        if reason is not None:  # the fp16 graph targets CUDA; a CPU build may lack its kernels
+            self.parity["fp16"] = {"validated": False, "provider": providers[0],
+                                   "reason": f"{reason}; it is meant for CUDA and was not validated here"}
+            self.say(f"warning: {K.MODEL_FP16_FILE} could not be validated on {providers[0]}: {reason}")
+        else:
+            self.found.extend(found)
+            note = None if cuda else "validated on ONNX Runtime's CPU provider; not validated on a GPU"
+            self.parity["fp16"] = {"validated": True, **figures, **({"note": note} if note else {})}
+        self.variants["fp16"] = K.MODEL_FP16_FILE
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

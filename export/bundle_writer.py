@@ -1,0 +1,184 @@
+"""Write a bundle atomically: tokenizer.json, manifest.json (sha256 and size of every file), then rename.
+
+Every file goes into a staging directory beside the target; the manifest is written last, and the
+staging directory becomes the bundle in one rename (an existing bundle is swapped out atomically
+with renameat2(RENAME_EXCHANGE) where the OS has it, else renamed aside first and restored on
+failure). A failure or a kill therefore leaves the previous bundle, or none -- never a half-written
+one; leftovers are hidden `.NAME.export-*` directories beside the target.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from textclassify.runtime import constants as K
+from textclassify.runtime.errors import ExportError
+from textclassify.runtime.manifest import BUNDLE_FORMAT, sha256_file
+from tokenizers import Tokenizer
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def bundle_tokenizer(hf_tokenizer: Any, max_length: int) -> tuple[str, dict[str, Any]]:
+    """tokenizer.json text with truncation and padding set explicitly, and the manifest's "tokenizer" block."""
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ExportError(f"The model's tokenizer ({type(hf_tokenizer).__name__}) is not a fast tokenizer; "
+                          "the bundle needs one with a tokenizer.json.")
+    pad_id, pad_token = hf_tokenizer.pad_token_id, hf_tokenizer.pad_token
+    if pad_id is None or pad_token is None:
+        raise ExportError("The model's tokenizer has no pad token; the bundle pads batches and needs one.")
+    for side in ("padding_side", "truncation_side"):
+        if getattr(hf_tokenizer, side, "right") != "right":
+            raise ExportError(f"The model's tokenizer has {side}={getattr(hf_tokenizer, side)!r}; the runtime "
+                              "pads and truncates on the right only.")
+    tok = Tokenizer.from_str(backend.to_str())  # a copy: the fitted model's tokenizer stays as it was
+    tok.enable_truncation(int(max_length), stride=0, strategy="longest_first", direction="right")
+    tok.enable_padding(direction="right", pad_id=int(pad_id), pad_token=str(pad_token),
+                       pad_type_id=int(getattr(hf_tokenizer, "pad_token_type_id", 0) or 0))
+    entry = {"file": K.TOKENIZER_FILE, "pad_token": str(pad_token), "pad_token_id": int(pad_id),
+             "truncation": True, "padding": "longest", "max_length": int(max_length),
+             "padding_side": "right", "truncation_side": "right"}
+    return tok.to_str(), entry
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe copy: numpy scalars and arrays to Python, NaN and infinities to null."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def check_target(output_dir: str | os.PathLike[str]) -> Path:
+    """The resolved target; refuse a file, or a non-empty directory that is not a textclassify bundle."""
+    target = Path(output_dir).expanduser().resolve()
+    if target.is_file() or (target.exists() and not target.is_dir()):
+        raise ExportError(f"Output path {str(target)!r} exists and is not a directory.")
+    if target.is_dir() and any(target.iterdir()) and not _is_bundle(target):
+        raise ExportError(f"Output directory {str(target)!r} is not empty and holds no textclassify bundle; "
+                          "choose a new path (export replaces only an existing bundle).")
+    return target
+
+
+def _is_bundle(directory: Path) -> bool:
+    try:
+        manifest = json.loads((directory / K.MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == BUNDLE_FORMAT
+
+
+class BundleStage:
+    """A staging directory beside the target (plus a scratch one); `commit` turns it into the bundle."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tag = uuid.uuid4().hex[:10]
+        self.dir = target.parent / f".{target.name}.export-{tag}"
+        self.scratch = target.parent / f".{target.name}.export-{tag}-work"
+        self.dir.mkdir()
+        self.scratch.mkdir()
+        self.committed = False
+
+    def path(self, name: str) -> Path:
+        """Where a bundle file is written while staging."""
+        return self.dir / name
+
+    def work(self, name: str) -> Path:
+        """A scratch path (intermediate graphs that do not ship)."""
+        return self.scratch / name
+
+    def __enter__(self) -> BundleStage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove the scratch directory, and the staging one unless it was committed."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        if not self.committed:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Hash every staged file into manifest["files"], write manifest.json last, swap into place."""
+        names = sorted(p.name for p in self.dir.iterdir())
+        stray = [n for n in names if not (self.dir / n).is_file() or n == K.MANIFEST_FILE]
+        if stray:
+            raise ExportError(f"Unexpected entries in the staging directory: {stray}.")
+        manifest = dict(manifest)
+        manifest["files"] = {n: {"sha256": sha256_file(self.dir / n), "bytes": (self.dir / n).stat().st_size}
+                             for n in names}
+        text = json.dumps(jsonable(manifest), indent=2, allow_nan=False, ensure_ascii=False)
+        (self.dir / K.MANIFEST_FILE).write_text(text + "\n", encoding="utf-8")
+        for name in [*names, K.MANIFEST_FILE]:
+            _fsync_file(self.dir / name)
+        _fsync_dir(self.dir)
+        self._swap()
+        self.committed = True
+        _fsync_dir(self.target.parent)
+        return self.target
+
+    def _swap(self) -> None:
+        if not self.target.exists():
+            os.rename(self.dir, self.target)
+            return
+        if _exchange(self.dir, self.target):  # atomic: the target is the new bundle, self.dir the old one
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        aside = self.target.parent / f"{self.dir.name}-previous"
+        os.rename(self.target, aside)
+        try:
+            os.rename(self.dir, self.target)
+        except OSError:
+            os.rename(aside, self.target)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

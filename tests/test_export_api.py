@@ -1,0 +1,287 @@
+"""export_bundle end to end on the tiny RoBERTa: files, manifest, parity gate, variants, atomic writes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from textclassify.export import export_bundle, model_onnx, optimize
+from textclassify.export.api import LLM_MANIFEST_KEYS
+from textclassify.runtime import constants as K
+from textclassify.runtime.errors import ExportError
+from textclassify.runtime.manifest import load_manifest
+
+from tests.support.data import LABELS, make_tickets
+from tests.support.fitted_model import make_fitted_model, raw_scores
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Two shared cores: one intra-op thread keeps torch from spinning against other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def mc_model(tiny_roberta_dir):
+    return make_fitted_model(tiny_roberta_dir, LABELS, multi_label=False)
+
+
+@pytest.fixture(scope="module")
+def ml_model(tiny_roberta_dir):
+    return make_fitted_model(tiny_roberta_dir, LABELS, multi_label=True)
+
+
+@pytest.fixture(scope="module")
+def mc_bundle(mc_model, tmp_path_factory) -> Path:
+    return export_bundle(mc_model, tmp_path_factory.mktemp("export") / "mc", int8=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ml_bundle(ml_model, tmp_path_factory) -> Path:
+    return export_bundle(ml_model, tmp_path_factory.mktemp("export") / "ml", int8=True, fp16=True, progress=False)
+
+
+def manifest_of(bundle: Path) -> dict:
+    return json.loads((bundle / K.MANIFEST_FILE).read_text())
+
+
+def tree(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def shift_output_bias(graph: onnx.ModelProto, delta: float) -> None:
+    """Perturb the fusion MLP's output bias (it moves fused_logits only, not ml_logits)."""
+    (bias,) = [t for t in graph.graph.initializer if t.name.endswith("mlp.net.6.bias")]
+    values = onnx.numpy_helper.to_array(bias) + np.float32(delta)
+    bias.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), bias.name))
+
+
+def test_multiclass_bundle_has_contract_files_and_manifest(mc_bundle, mc_model):
+    """A multi-class bundle holds exactly the contract's files and a manifest the runtime verifies."""
+    assert sorted(p.name for p in mc_bundle.iterdir()) == sorted(
+        [K.MANIFEST_FILE, K.MODEL_FILE, K.MODEL_INT8_FILE, K.CALIBRATOR_FILE, K.TOKENIZER_FILE])
+    man = manifest_of(mc_bundle)
+    assert (man["format"], man["format_version"], man["task"]) == ("textclassify-bundle", 1, "multi_class")
+    assert man["labels"] == LABELS and man["thresholds"] is None and man["max_length"] == 64
+    assert man["inputs"] == {"input_ids": {"dtype": "int64", "shape": ["batch", "sequence"]},
+                             "attention_mask": {"dtype": "int64", "shape": ["batch", "sequence"]},
+                             "llm_scores": {"dtype": "float32", "shape": ["batch", 3]}}
+    assert man["outputs"] == {name: {"dtype": "float32", "shape": ["batch", 3]} for name in K.OUTPUT_NAMES}
+    assert man["calibrator"] == {"file": "calibrator.onnx", "input": "llm_scores_raw", "output": "llm_scores",
+                                 "kind": "temperature"}
+    assert man["variants"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    assert man["tokenizer"]["pad_token"] == "<pad>" and man["tokenizer"]["pad_token_id"] == 1
+    assert (man["tokenizer"]["truncation"], man["tokenizer"]["padding"]) == (True, "longest")
+    assert man["llm"] == {**{k: None for k in LLM_MANIFEST_KEYS}, **{
+        k: v for k, v in mc_model.llm_settings_.to_dict().items() if k in LLM_MANIFEST_KEYS}}
+    assert man["metrics"] == {"fused": {"accuracy": 0.9}, "note": None}  # NaN becomes null: strict JSON
+    assert man["versions"]["opset"] == 17 and man["versions"]["onnxruntime"]
+    assert man["created_at"].endswith("Z")
+    verified = load_manifest(mc_bundle)
+    assert set(verified.files) == {n for n in tree(mc_bundle) if n != K.MANIFEST_FILE}
+    for name, entry in man["files"].items():
+        data = (mc_bundle / name).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def test_multilabel_bundle_records_thresholds_isotonic_and_fp16(ml_bundle):
+    """A multi-label bundle carries per-label thresholds, the isotonic calibrator and a validated fp16 graph."""
+    man = manifest_of(ml_bundle)
+    assert man["task"] == "multi_label" and man["thresholds"] == [0.5, 0.5, 0.5]
+    assert man["calibrator"]["kind"] == "isotonic"
+    assert man["variants"] == {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+    fp16 = man["parity"]["fp16"]
+    assert fp16["validated"] is True and fp16["provider"] == "CPUExecutionProvider"
+    assert fp16["agreement"] >= K.REDUCED_PRECISION_MIN_AGREEMENT
+    graph = onnx.load(str(ml_bundle / K.MODEL_FP16_FILE))
+    io_types = {v.name: v.type.tensor_type.elem_type for v in [*graph.graph.input, *graph.graph.output]}
+    assert io_types["llm_scores"] == io_types["fused_logits"] == onnx.TensorProto.FLOAT  # keep_io_types
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
+    load_manifest(ml_bundle)
+
+
+@pytest.mark.parametrize("which", ["mc_bundle", "ml_bundle"])
+def test_parity_figures_are_recorded(which, request):
+    """fp32 and calibrator differences are measured at batch sizes 1 and 7, truncation included."""
+    parity = manifest_of(request.getfixturevalue(which))["parity"]
+    fp32 = parity["fp32"]
+    assert fp32["batch_sizes"] == [1, 7] and fp32["n_texts"] == 41 and fp32["truncated_texts"] >= 1
+    assert 0 <= fp32["max_abs_diff_fused"] <= K.FP32_PARITY_TOL
+    assert 0 <= fp32["max_abs_diff_ml"] <= K.FP32_PARITY_TOL
+    assert 0 <= parity["calibrator"]["max_abs_diff"] <= K.FP32_PARITY_TOL
+    int8 = parity["int8"]
+    assert int8["n_rows"] == 2 * 41 and int8["agreement"] >= K.REDUCED_PRECISION_MIN_AGREEMENT
+    assert int8["max_abs_diff_fused"] > fp32["max_abs_diff_fused"]  # quantised weights really differ
+
+
+def test_int8_agreement_matches_an_independent_check(mc_bundle, mc_model):
+    """Running model.int8.onnx by hand on fresh texts agrees with PyTorch as the manifest claims."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    texts = [t for t, _ in make_tickets(60, seed=99)]
+    calibrated = mc_model.calibrator_.transform(raw_scores(texts, LABELS, False))
+    enc = mc_model.tokenizer_(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = mc_model.model_(enc["input_ids"], enc["attention_mask"], torch.from_numpy(calibrated)).fused_logits
+    tok = Tokenizer.from_file(str(mc_bundle / K.TOKENIZER_FILE))  # carries its own truncation and padding
+    batch = tok.encode_batch(texts)
+    feeds = {"input_ids": np.array([e.ids for e in batch], dtype=np.int64),
+             "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64),
+             "llm_scores": calibrated}
+    int8 = ort.InferenceSession(str(mc_bundle / K.MODEL_INT8_FILE), providers=["CPUExecutionProvider"])
+    fp32 = ort.InferenceSession(str(mc_bundle / K.MODEL_FILE), providers=["CPUExecutionProvider"])
+    assert np.abs(fp32.run(["fused_logits"], feeds)[0] - want.numpy()).max() < K.FP32_PARITY_TOL
+    agreement = (int8.run(["fused_logits"], feeds)[0].argmax(1) == want.numpy().argmax(1)).mean()
+    assert agreement >= 0.98
+
+
+def test_optimised_graph_is_kept_when_parity_holds(mc_bundle):
+    """ONNX Runtime's optimizer fused attention, parity held, and model.onnx is the fused graph."""
+    man = manifest_of(mc_bundle)
+    opt = man["graph"]["optimization"]
+    assert opt["applied"] is True and opt["kept"] is True and opt["model_type"] == "bert"
+    assert opt["fused_operators"]["Attention"] == 2 and man["parity"]["fp32"]["graph"] == "optimized"
+    ops = {n.op_type for n in onnx.load(str(mc_bundle / K.MODEL_FILE)).graph.node}
+    assert "Attention" in ops and man["graph"]["attention"] == "eager"
+
+
+def test_optimised_graph_failing_parity_falls_back_to_plain(mc_model, tmp_path, monkeypatch):
+    """When the optimised graph breaks parity, the plain graph ships and the manifest says why."""
+    real = optimize.optimize_onnx
+
+    def broken(src, dst, config):
+        result = real(src, dst, config)
+        graph = onnx.load(str(dst))
+        shift_output_bias(graph, 0.5)
+        onnx.save(graph, str(dst))
+        return result
+
+    monkeypatch.setattr(optimize, "optimize_onnx", broken)
+    bundle = export_bundle(mc_model, tmp_path / "b", progress=False)
+    man = manifest_of(bundle)
+    opt = man["graph"]["optimization"]
+    assert opt["applied"] is True and opt["kept"] is False and man["parity"]["fp32"]["graph"] == "plain"
+    assert opt["rejected"].startswith("parity failed on the optimised graph: model.onnx (optimised) fused_logits:")
+    assert "Attention" not in {n.op_type for n in onnx.load(str(bundle / K.MODEL_FILE)).graph.node}
+    assert man["parity"]["fp32"]["max_abs_diff_fused"] <= K.FP32_PARITY_TOL
+
+
+def test_refused_export_writes_nothing(mc_model, tmp_path, monkeypatch):
+    """With a zero tolerance every graph 'differs': ExportError lists the mismatches, no bundle appears."""
+    monkeypatch.setattr(K, "FP32_PARITY_TOL", 0.0)
+    target = tmp_path / "bundle"
+    with pytest.raises(ExportError) as info:
+        export_bundle(mc_model, target, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"Export refused, nothing written to {str(target)!r}: the ONNX bundle does not "
+                              "match PyTorch (")
+    assert "model.onnx fused_logits: max |diff| " in message and "> 0 (batch size 1, text " in message
+    assert "\n" not in message
+    assert not target.exists() and leftovers(tmp_path) == []
+
+
+def test_refused_export_keeps_the_previous_bundle(mc_model, mc_bundle, tmp_path, monkeypatch):
+    """Perturbed ONNX weights are caught; an existing bundle at the target stays byte for byte."""
+    target = tmp_path / "bundle"
+    shutil.copytree(mc_bundle, target)
+    before = tree(target)
+    real = model_onnx.export_model_onnx
+
+    def perturbed(*args, **kwargs):
+        facts = real(*args, **kwargs)
+        graph = onnx.load(str(args[2]))
+        shift_output_bias(graph, 0.01)
+        onnx.save(graph, str(args[2]))
+        return facts
+
+    monkeypatch.setattr(model_onnx, "export_model_onnx", perturbed)
+    with pytest.raises(ExportError, match=r"model\.onnx fused_logits: max \|diff\| 0\.01 > 0\.0001 \(batch size 1,"
+                                          r" text \d+\); model\.onnx fused_logits: max \|diff\| 0\.01 > 0\.0001 "
+                                          r"\(batch size 7, text \d+\)$"):
+        export_bundle(mc_model, target, int8=True, progress=False)
+    assert tree(target) == before and leftovers(tmp_path) == []
+
+
+def test_low_int8_agreement_is_refused(mc_model, tmp_path, monkeypatch):
+    """A reduced-precision variant below the agreement floor refuses the whole bundle."""
+    monkeypatch.setattr(K, "REDUCED_PRECISION_MIN_AGREEMENT", 1.01)
+    with pytest.raises(ExportError, match=r"model\.int8\.onnx: prediction agreement with PyTorch 100\.00% < 101% "
+                                          r"\(0 of 82 rows differ; max \|fused diff\| "):
+        export_bundle(mc_model, tmp_path / "b", int8=True, progress=False)
+    assert leftovers(tmp_path) == [] and not (tmp_path / "b").exists()
+
+
+def test_export_replaces_an_existing_bundle(mc_model, mc_bundle, tmp_path):
+    """A successful export over an old bundle swaps it out whole; given texts and max_length are used."""
+    target = tmp_path / "bundle"
+    shutil.copytree(mc_bundle, target)
+    texts = [t for t, _ in make_tickets(9, seed=5)]
+    export_bundle(mc_model, target, max_length=32, texts=texts, raw_llm_scores=raw_scores(texts, LABELS, False),
+                  progress=False)
+    man = manifest_of(target)
+    assert K.MODEL_INT8_FILE not in man["variants"] and not (target / K.MODEL_INT8_FILE).exists()
+    assert man["max_length"] == 32 and man["parity"]["fp32"]["n_texts"] == 10
+    assert json.loads((target / K.TOKENIZER_FILE).read_text())["truncation"]["max_length"] == 32
+    assert leftovers(tmp_path) == []
+    load_manifest(target)
+
+
+def test_no_pickle_anywhere_in_a_bundle(ml_bundle):
+    """Every file is ONNX protobuf or JSON: no pickle stream, no torch zip archive."""
+    for path in ml_bundle.iterdir():
+        data = path.read_bytes()
+        assert not data.startswith(b"\x80") and not data.startswith(b"PK\x03\x04"), path.name
+        if path.suffix == ".onnx":
+            onnx.checker.check_model(onnx.load_from_string(data))
+        else:
+            json.loads(data)
+
+
+def test_non_bundle_directory_is_refused_before_any_work(mc_model, tmp_path):
+    """A non-empty folder that is not a bundle is never replaced."""
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError) as info:
+        export_bundle(mc_model, target, progress=False)
+    assert str(info.value) == (f"Output directory {str(target)!r} is not empty and holds no textclassify bundle; "
+                               "choose a new path (export replaces only an existing bundle).")
+    assert (target / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"texts": ["a text"]}, "Pass 'texts' and 'raw_llm_scores' together (the raw LLM scores of those texts), "
+                            "or neither to use the model's validation texts."),
+    ({"texts": ["a text"], "raw_llm_scores": np.ones((1, 2))},
+     "raw_llm_scores must have shape (1, 3), one row per text and one column per label (got (1, 2))."),
+    ({"max_length": 65}, "'max_length' 65 is more than the encoder allows (64 tokens, from "
+                         "max_position_embeddings); choose 64 or less."),
+    ({"opset": 11}, "'opset' must be an int >= 14 (got 11)."),
+    ({"int8": "yes"}, "'int8' must be a bool (got 'yes', a str)."),
+])
+def test_bad_arguments_are_clear_errors(mc_model, tmp_path, kwargs, message):
+    """Bad arguments fail before any export work with a message naming the argument."""
+    with pytest.raises(ExportError) as info:
+        export_bundle(mc_model, tmp_path / "b", progress=False, **kwargs)
+    assert str(info.value) == message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unfitted_object_is_refused(tmp_path):
+    """Something that is not a fitted classifier names the attributes it lacks."""
+    with pytest.raises(ExportError, match=r"^export needs a fitted AutoFusionClassifier or a saved-model folder; "
+                                          r"the object given lacks \['model_', 'tokenizer_'"):
+        export_bundle(object(), tmp_path / "b", progress=False)
