@@ -140,6 +140,9 @@ def _parse(directory: Path, raw: dict[str, Any]) -> BundleManifest:
     if not _is_int(max_length) or max_length < 2:
         raise BundleError(f"{K.MANIFEST_FILE}: 'max_length' must be an int >= 2 (got {max_length!r}).")
     _tokenizer_settings(tokenizer)
+    if tokenizer.get("max_length", max_length) != max_length:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'tokenizer.max_length' ({tokenizer['max_length']!r}) differs from "
+                          f"'max_length' ({max_length}).")
     return BundleManifest(
         directory=directory, raw=raw, format_version=version, multi_label=task == "multi_label",
         labels=labels, thresholds=_thresholds(raw, len(labels)), max_length=max_length, tokenizer=tokenizer,

@@ -223,6 +223,8 @@ def test_unlisted_variant_refused(bundle: Path) -> None:
     ({"format_version": "1"}, "manifest.json: 'format_version' must be a positive int (got '1')."),
     ({"tokenizer": {"file": "tokenizer.json", "pad_token_id": 1, "padding_side": "left"}},
      "manifest.json: 'tokenizer.padding_side' must be 'right', the only side the runtime supports (got 'left')."),
+    ({"tokenizer": {"file": "tokenizer.json", "pad_token_id": 1, "max_length": 128}},
+     "manifest.json: 'tokenizer.max_length' (128) differs from 'max_length' (64)."),
     ({"tokenizer": {"file": "tokenizer.json", "pad_token_id": 1, "padding": "max_length"}},
      "manifest.json: 'tokenizer.padding' must be one of ['longest'] (got 'max_length')."),
 ])
