@@ -12,6 +12,7 @@ import os
 import random
 import sys
 import threading
+import weakref
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -72,6 +73,8 @@ class _LoopThread:
             raise
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         if not self.thread.is_alive():
@@ -187,6 +190,7 @@ class LLMScorer:
         unique = list(positions)
         if self._runner is None:
             self._runner = _LoopThread()
+            weakref.finalize(self, self._runner.stop)  # a scorer dropped without close() frees its thread
         results = self._runner.run(self._score_unique(unique, [positions[t][0] for t in unique], progress))
         for text, result in zip(unique, results):
             rows = positions[text]
