@@ -10,7 +10,7 @@ from textclassify.runtime.types import ClassificationType, TrainingData
 from textclassify.train.encoder_classifier import RoBERTaClassifier
 from textclassify.train.ensembles import EnsembleConfig, FusionEnsemble
 from textclassify.train.fusion_utils import FusionUtils
-from textclassify.train.llm_classifiers import OpenAICompatibleClassifier
+from textclassify.train.llm_classifiers import GeminiClassifier
 
 from tests.support.data import LABELS, make_tickets
 from tests.support.llm_server import FakeLLMServer
@@ -100,10 +100,14 @@ def test_plot_fusion_results_writes_a_png(tmp_path) -> None:
     assert str(err.value) == f"path: expected a file name ending in .png, got {str(tmp_path / 'x.jpg')!r}."
 
 
-def test_evaluate_save_and_load_a_fusion_model(tiny_roberta_dir: str, llm_server: FakeLLMServer, tmp_path) -> None:
-    """evaluate_fusion_model matches predict's metrics; save/load round-trips to identical probabilities."""
+def test_evaluate_save_and_load_a_fusion_model(tiny_roberta_dir: str, llm_server: FakeLLMServer, tmp_path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate_fusion_model matches predict's metrics; save/load round-trips; the component's API key is used
+    for training but never saved (after load it comes from the environment)."""
+    secret = "sk-test-NEVER-SAVED-42"
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     ml = RoBERTaClassifier(tiny_roberta_dir, num_epochs=3, max_length=32, learning_rate=3e-3, batch_size=8)
-    llm = OpenAICompatibleClassifier("fake", base_url=llm_server.base_url, cache_dir=str(tmp_path / "cache"))
+    llm = GeminiClassifier(base_url=llm_server.base_url, api_key=secret, cache_dir=str(tmp_path / "cache"))
     params = {"num_epochs": 1, "batch_size": 8, "fusion_hidden_dims": [16], "output_dir": str(tmp_path / "out")}
     fusion = FusionEnsemble(EnsembleConfig("fusion", [ml, llm], params)).fit(_data(120, seed=3))
     test = _data(20, seed=4)
@@ -114,7 +118,10 @@ def test_evaluate_save_and_load_a_fusion_model(tiny_roberta_dir: str, llm_server
     assert str(err.value) == "labels: 3 labels for 20 texts; they must match."
 
     saved = FusionUtils.save_fusion_model(fusion, tmp_path / "model")
+    for path in [*saved.rglob("*"), *(tmp_path / "out").rglob("*")]:
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
     loaded = FusionUtils.load_fusion_model(saved)
+    monkeypatch.setenv("GEMINI_API_KEY", secret)
     assert isinstance(loaded, FusionEnsemble) and loaded.labels_ == LABELS
     np.testing.assert_allclose(loaded.predict_proba(test.texts), fusion.predict_proba(test.texts), atol=1e-6)
     with pytest.raises(ConfigError) as err:
