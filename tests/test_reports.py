@@ -123,7 +123,7 @@ def test_summary_table():
         "Stacker baseline", "Fused"]
     assert "LLM calibration: log loss 1.500 -> 0.750, ECE 0.250 -> 0.050" in lines
     assert "LLM usage: requests 120, cache_hits 3, total_tokens 12,345" in lines
-    assert "Time: llm scoring 3.2 s, stage1 40.1 s, stage2 12.0 s" in lines
+    assert "Time: llm scoring 3.2 s, stage 1 40.1 s, stage 2 12.0 s" in lines
 
 
 def test_held_out_shapes_are_checked():

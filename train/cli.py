@@ -87,10 +87,18 @@ def train_from_config(cfg: TrainConfig, *, progress: bool = True) -> dict[str, A
     test_df = read_csv(cfg.test_path) if cfg.test_path else None  # both files are read before any training
     from textclassify.train.auto import AutoFusionClassifier
     from textclassify.train.reports import write_classifier_report
+    from transformers.utils import logging as hf_logging
 
-    clf = AutoFusionClassifier(cfg.classifier).fit(train_df, eval_data=test_df, progress=progress)
-    output = Path(cfg.classifier["output_dir"]).expanduser()
-    model_dir = clf.save(output / MODEL_DIR)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()  # loading and saving weights draw bars of their own
+    try:
+        clf = AutoFusionClassifier(cfg.classifier).fit(train_df, eval_data=test_df, progress=progress)
+        output = Path(cfg.classifier["output_dir"]).expanduser()
+        model_dir = clf.save(output / MODEL_DIR)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     report_files = write_classifier_report(clf, output)
     return {"classifier": clf, "output_dir": output, "model_dir": model_dir, "metrics": output / "metrics.json",
             "report_files": report_files}

@@ -279,8 +279,8 @@ def format_summary(metadata: Mapping[str, Any]) -> str:
                                                for k, v in usage.items()))
     timings = metadata.get("timings") or {}
     if timings:
-        lines.append("Time: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s"
-                                          for k, v in timings.items()))
+        names = {k: re.sub(r"stage(\d)", r"stage \1", k.removesuffix("_s").replace("_", " ")) for k in timings}
+        lines.append("Time: " + ", ".join(f"{names[k]} {v:.1f} s" for k, v in timings.items()))
     kept = ((metadata.get("history") or {}).get("stage2") or {}).get("kept")
     if kept:
         lines.append(f"Stage 2 kept: {kept} (best fusion-val loss)")
