@@ -15,7 +15,7 @@ from textclassify.runtime.errors import BundleError, ConfigError, DataError, LLM
 from textclassify.runtime.llm import LLMScorer, LLMSettings
 from textclassify.runtime.manifest import BundleManifest, load_manifest, read_verified
 from textclassify.runtime.metrics import classification_metrics
-from textclassify.runtime.sessions import OnnxModel, resolve_providers, session_options
+from textclassify.runtime.sessions import CPU, CUDA, OnnxModel, resolve_providers, session_options
 from textclassify.runtime.tokenization import BundleTokenizer
 from textclassify.runtime.types import ClassificationResult
 from textclassify.runtime.validation import validate_texts
@@ -33,7 +33,7 @@ def load_bundle(
     llm_api_key: str | None = None,
     llm_base_url: str | None = None,
     on_llm_error: str = "raise",
-    cache_dir: str | os.PathLike[str] = K.DEFAULT_CACHE_DIR,
+    cache_dir: str | os.PathLike[str] | None = K.DEFAULT_CACHE_DIR,
     batch_size: int = K.DEFAULT_BATCH_SIZE,
     intra_op_num_threads: int | None = None,
 ) -> Bundle:
@@ -45,20 +45,27 @@ def load_bundle(
     options = session_options(intra_op_num_threads)
     tokenizer = BundleTokenizer.from_manifest(manifest)
     cal = manifest.calibrator
-    calibrator = OnnxModel(cal["file"], read_verified(manifest, cal["file"]), provider_list, options,
+    # The calibrator is a tiny [B, C] graph: on CPU it costs less than two device copies per call.
+    calibrator = OnnxModel(cal["file"], read_verified(manifest, cal["file"]), [CPU], options,
                            [cal["input"]], [cal["output"]])
-    if providers == "cuda" and not calibrator.uses_cuda:
-        raise ConfigError(f"providers='cuda' but ONNX Runtime could not use CUDA on this machine (providers in "
-                          f"use: {calibrator.providers}); its log above says why.")
-    chosen = _choose_variant(variant, manifest, calibrator.uses_cuda)
-    model_file = manifest.variants[chosen]
-    model = OnnxModel(model_file, read_verified(manifest, model_file), provider_list, options,
-                      K.INPUT_NAMES, K.OUTPUT_NAMES)
-    scorer = LLMScorer(settings, manifest.labels, manifest.multi_label, cache_dir=str(cache_dir),
-                       api_key=llm_api_key)
+    chosen = _choose_variant(variant, manifest, CUDA in provider_list)
+    model = _open_model(manifest, chosen, provider_list, options)
+    if not model.uses_cuda and CUDA in provider_list:
+        if providers == "cuda":
+            raise ConfigError(f"providers='cuda' but ONNX Runtime could not use CUDA on this machine (providers "
+                              f"in use: {model.providers}); its log above says why.")
+        if variant == "auto" and chosen == "fp16":  # onnxruntime-gpu fell back to CPU: fp16 is a CUDA variant
+            chosen = "fp32"
+            model = _open_model(manifest, chosen, provider_list, options)
+    scorer = LLMScorer(settings, manifest.labels, manifest.multi_label,
+                       cache_dir=None if cache_dir is None else os.fspath(cache_dir), api_key=llm_api_key)
     bundle = Bundle(manifest=manifest, tokenizer=tokenizer, calibrator=calibrator, model=model, scorer=scorer,
                     variant=chosen, on_llm_error=on_llm_error, batch_size=batch_size)
-    bundle._warm_up()
+    try:
+        bundle._warm_up()
+    except BaseException:
+        bundle.close()
+        raise
     return bundle
 
 
@@ -271,6 +278,11 @@ def _llm_settings(manifest: BundleManifest, base_url: str | None) -> LLMSettings
         return LLMSettings(**fields)
     except (ConfigError, TypeError) as e:
         raise BundleError(f"{K.MANIFEST_FILE} 'llm': {e}") from None
+
+
+def _open_model(manifest: BundleManifest, variant: str, providers: list[str], options: Any) -> OnnxModel:
+    name = manifest.variants[variant]
+    return OnnxModel(name, read_verified(manifest, name), providers, options, K.INPUT_NAMES, K.OUTPUT_NAMES)
 
 
 def _choose_variant(requested: str, manifest: BundleManifest, on_cuda: bool) -> str:

@@ -311,3 +311,28 @@ def test_repr_and_manifest(toy, tmp_path: Path) -> None:
         m = bundle.manifest
         m["labels"] = []
         assert bundle.manifest["labels"] == LABELS and bundle.labels == LABELS
+
+
+@pytest.fixture
+def fake_gpu_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime claims CUDA, but sessions get CPU: what onnxruntime-gpu does on a machine without a GPU."""
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
+                                                                         "CPUExecutionProvider"])
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")
+def test_cuda_fallback_reported(toy, tiny_roberta_dir: str, tmp_path: Path, fake_gpu_build: None) -> None:
+    """When CUDA silently falls back: 'auto' serves fp32 on CPU and says so; 'cuda' is a clear error."""
+    fp16 = tmp_path / "fp16"
+    write_toy_bundle(fp16, Path(tiny_roberta_dir) / "tokenizer.json", labels=LABELS, multi_label=False, llm=LLM,
+                     max_length=32, extra_variants=("fp16",))
+    with load_bundle(fp16, cache_dir=tmp_path) as bundle:
+        assert bundle.variant == "fp32" and bundle.providers == ["CPUExecutionProvider"]
+    with load_bundle(fp16, cache_dir=tmp_path, variant="fp16") as bundle:
+        assert bundle.variant == "fp16" and bundle.providers == ["CPUExecutionProvider"]
+    with pytest.raises(ConfigError) as e:
+        load_bundle(fp16, cache_dir=tmp_path, providers="cuda")
+    assert str(e.value) == ("providers='cuda' but ONNX Runtime could not use CUDA on this machine (providers in "
+                            "use: ['CPUExecutionProvider']); its log above says why.")
