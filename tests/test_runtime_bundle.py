@@ -336,3 +336,14 @@ def test_cuda_fallback_reported(toy, tiny_roberta_dir: str, tmp_path: Path, fake
         load_bundle(fp16, cache_dir=tmp_path, providers="cuda")
     assert str(e.value) == ("providers='cuda' but ONNX Runtime could not use CUDA on this machine (providers in "
                             "use: ['CPUExecutionProvider']); its log above says why.")
+
+
+def test_missing_onnxruntime_at_load(toy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without onnxruntime, load_bundle says which extra to install (after verifying the bundle)."""
+    import sys
+
+    from textclassify.runtime.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingDependencyError, match=r"^onnxruntime is not installed; install textclassify\[cpu\]"):
+        load_bundle(toy[0], cache_dir=tmp_path)
