@@ -163,3 +163,18 @@ def test_raw_scores_to_probabilities() -> None:
                                rtol=1e-6)
     np.testing.assert_allclose(raw_scores_to_probabilities(np.array([[1.2, -0.1, 0.4]]), True), [[1.0, 0.0, 0.4]],
                                rtol=1e-6)
+
+
+def test_failed_refit_leaves_the_classifier_unfitted(llm_server: FakeLLMServer, tmp_path) -> None:
+    """When calibration scoring fails for good, the LLMError surfaces and the previous fit is not kept."""
+    from textclassify.runtime.errors import LLMError
+
+    clf = _fake(llm_server, tmp_path, labels=LABELS, max_retries=0).fit()
+    clf.calibrate = True
+    llm_server.inject("500", times=1000)
+    with pytest.raises(LLMError) as err:
+        clf.fit(_data(30, seed=3))
+    assert err.value.status_code == 500
+    with pytest.raises(NotFittedError):
+        clf.predict(["x"])
+    clf.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import encode_targets
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
 from textclassify.runtime.metrics import classification_metrics, log_loss
@@ -116,13 +117,14 @@ class _ComponentEnsemble:
 
     def _start_fit(self, data: Any) -> tuple[TrainingData, dict[str, Any]]:
         owner = type(self).__name__
+        self._fitted = False  # set at the end of fit: a failed fit leaves no half-fitted ensemble usable
         models, params = self._settings()
         if not isinstance(self.prefit, bool):
             raise ConfigError(f"{owner}: prefit: expected a boolean, got {self.prefit!r}")
         self.components_ = self._named_components(models)
         data = check_training_data(data, owner)
         self.labels_, self.multi_label_ = list(data.label_names or []), data.is_multi_label
-        self.thresholds_ = [0.5] * len(self.labels_) if self.multi_label_ else None
+        self.thresholds_ = [K.DEFAULT_THRESHOLD] * len(self.labels_) if self.multi_label_ else None
         return data, params
 
     def _fit_components(self, data: TrainingData) -> None:
@@ -131,7 +133,7 @@ class _ComponentEnsemble:
                 model.fit(data)
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "components_"):
+        if not getattr(self, "_fitted", False):
             raise _not_fitted(self)
 
     def _component_outputs(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -209,6 +211,7 @@ class VotingEnsemble(_ComponentEnsemble):
             raise ConfigError(f"VotingEnsemble: voting: expected one of {list(VOTING_MODES)}, got {params['voting']!r}")
         self.voting_ = params["voting"]
         self._fit_components(data)
+        self._fitted = True
         return self
 
     def _combine(self, probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -282,6 +285,7 @@ class WeightedEnsemble(_ComponentEnsemble):
             self.weights_ = self._given_weights(params["weights"])
             self.weights_source_ = "given"
             self._fit_components(data)
+            self._fitted = True
             return self
         val_split, seed = params["val_split"], params["seed"]
         if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0 < val_split < 1:
@@ -309,6 +313,7 @@ class WeightedEnsemble(_ComponentEnsemble):
         self.validation_metrics_["ensemble"] = classification_metrics(
             y_val, probabilities_to_targets(mixed, self.multi_label_, self.thresholds_), self.labels_,
             self.multi_label_)
+        self._fitted = True
         return self
 
     def _check_fit_part(self, part: TrainingData, val_split: float) -> None:

@@ -132,19 +132,21 @@ class LLMClassifier:
                     raise DataError(f"{owner}.fit: labels={given} differ from the training data's labels {labels}.")
                 labels = given
         self.close()
+        self.__dict__.pop("labels_", None)  # a failed refit must not leave the old fit usable
         self._scorer = LLMScorer(LLMSettings.from_config(cfg), labels, multi, cache_dir=cfg["cache_dir"],
                                  api_key=self._api_key)
-        self.labels_, self.multi_label_ = labels, multi
-        self.thresholds_ = [K.DEFAULT_THRESHOLD] * len(labels) if multi else None
-        self.calibrator_ = None
-        self.fit_usage_: dict[str, Any] = {}
+        calibrator, fit_usage = None, {}
         if data is not None and self.calibrate:
             from textclassify.train.calibration import fit_calibrator
 
             raw = self._scorer.score(data.texts, progress=self.progress)
-            self.calibrator_ = fit_calibrator(raw, encode_targets(data.labels, labels, multi), multi)
-            self.fit_usage_ = dict(self._scorer.usage)
+            calibrator = fit_calibrator(raw, encode_targets(data.labels, labels, multi), multi)
+            fit_usage = dict(self._scorer.usage)
+        self.calibrator_, self.fit_usage_ = calibrator, fit_usage
+        self.multi_label_ = multi
+        self.thresholds_ = [K.DEFAULT_THRESHOLD] * len(labels) if multi else None
         self.llm_model_ = self._scorer.model
+        self.labels_ = labels  # last: its presence means "fitted"
         return self
 
     # ------------------------------------------------------------------------------- predict
