@@ -145,3 +145,11 @@ def test_bad_data_sends_no_llm_request(server, tiny_roberta_dir, tmp_path):
     with pytest.raises(DataError, match=r"^column 'topic', row 7: label is missing \(NaN\)\.$"):
         AutoFusionClassifier(make_config(server, tiny_roberta_dir, tmp_path, False)).fit(df)
     assert server.requests == before
+
+
+def test_fit_writes_the_report(fitted_multiclass):
+    """fit writes output_dir/report/ with metrics, confusion matrices, reliability diagram and curves."""
+    _, tmp, _ = fitted_multiclass
+    names = {p.name for p in (tmp / "out" / "report").iterdir()}
+    assert {"metrics.json", "summary.txt", "confusion_matrix_fused.png", "confusion_matrix_ml.png",
+            "reliability_llm.png", "training_curves.png"} <= names

@@ -156,8 +156,12 @@ class AutoFusionClassifier:
             "history": {"stage1": hist1.to_dict(), "stage2": hist2.to_dict()},
             "timings": timings,
             "max_length": max_length,
+            "held_out_predictions": {"targets": held_targets, "probabilities": candidates, "thresholds": thresholds},
         }
         self._write_metrics(cfg["output_dir"])
+        from textclassify.train.reports import write_classifier_report
+
+        write_classifier_report(self)
         return self
 
     def _to_training_data(self, data: Any, cfg: dict[str, Any], what: str,
