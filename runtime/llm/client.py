@@ -23,7 +23,15 @@ from textclassify.runtime.errors import ConfigError, DataError, LLMError, LLMRes
 from textclassify.runtime.llm import parsing as P
 from textclassify.runtime.llm.cache import ScoreCache, resolution_key, score_key
 from textclassify.runtime.llm.pricing import cost_usd
-from textclassify.runtime.llm.prompts import JSON, LOGPROBS, MAX_CODES, build_messages, label_codes, labels_need_codes
+from textclassify.runtime.llm.prompts import (
+    JSON,
+    LOGPROBS,
+    MAX_CODES,
+    build_messages,
+    check_labels,
+    label_codes,
+    labels_need_codes,
+)
 from textclassify.runtime.llm.providers import PROVIDERS
 from textclassify.runtime.llm.settings import LLMSettings
 from tqdm import tqdm
@@ -90,7 +98,7 @@ class LLMScorer:
         backoff_initial_s: float = K.BACKOFF_INITIAL_S, backoff_max_s: float = K.BACKOFF_MAX_S,
     ) -> None:
         self.settings = settings
-        self.labels = _check_labels(labels)
+        self.labels = check_labels(labels)
         self.multi_label = bool(multi_label)
         self._backoff = (float(backoff_initial_s), float(backoff_max_s))
         preset = PROVIDERS[settings.provider]
@@ -386,7 +394,7 @@ class LLMScorer:
             try:
                 raw = await self._client.chat.completions.with_raw_response.create(messages=messages, **kwargs)
             except openai.APIStatusError as e:
-                status, request_id, answer = e.status_code, e.request_id, _response_text(e.response)
+                status, request_id, answer = e.status_code, e.request_id, P.response_text(e.response)
                 retry_after = P.retry_after_seconds(e.response.headers)
                 if status == 400 and "response_format" in kwargs:
                     self._response_format_ok = False  # the server rejects it: ask without, once
@@ -446,25 +454,3 @@ class LLMScorer:
         cls = LLMResponseError if parse_failed else LLMError
         return cls(message, provider=self.settings.provider, model=self.model, text_index=index, status_code=status,
                    request_id=request_id, last_response=last)
-
-
-def _response_text(response: Any) -> str:
-    try:
-        return str(response.text)
-    except Exception:  # noqa: BLE001 - a body that cannot be decoded is reported as absent
-        return ""
-
-
-def _check_labels(labels: Sequence[str]) -> list[str]:
-    labels = list(labels)
-    if not labels:
-        raise ConfigError("labels: at least one label is required (got none)")
-    for i, label in enumerate(labels):
-        if not isinstance(label, str) or not label.strip():
-            raise ConfigError(f"labels[{i}] must be a non-empty string (got {label!r})")
-        if "\n" in label or "\r" in label:
-            raise ConfigError(f"labels[{i}] must fit on one line (got {label!r})")
-    if len(set(labels)) != len(labels):
-        dup = sorted({label for label in labels if labels.count(label) > 1})
-        raise ConfigError(f"labels must be unique (repeated: {dup})")
-    return labels

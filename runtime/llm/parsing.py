@@ -28,6 +28,14 @@ def truncate(text: str, limit: int = MAX_ANSWER_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more characters]"
 
 
+def response_text(response: Any) -> str:
+    """The decoded body of an HTTP response; '' when it cannot be decoded."""
+    try:
+        return str(response.text)
+    except Exception:  # noqa: BLE001 - a body that cannot be decoded is reported as absent
+        return ""
+
+
 def parse_body(body_text: str) -> dict[str, Any]:
     """The response body as a JSON object."""
     try:

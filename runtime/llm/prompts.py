@@ -10,12 +10,30 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from textclassify.runtime.errors import ConfigError
+
 JSON = "json"
 LOGPROBS = "logprobs"
 USER_PREFIX = "Text to classify:"
 MAX_CODES = 26
 
 _LINE_BREAKS = re.compile(r"[\r\n\u0085\u2028\u2029\v\f]+")
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """The labels as a list: non-empty, unique, each a non-empty string on one line."""
+    labels = list(labels)
+    if not labels:
+        raise ConfigError("labels: at least one label is required (got none)")
+    for i, label in enumerate(labels):
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"labels[{i}] must be a non-empty string (got {label!r})")
+        if "\n" in label or "\r" in label:
+            raise ConfigError(f"labels[{i}] must fit on one line (got {label!r})")
+    if len(set(labels)) != len(labels):
+        dup = sorted({label for label in labels if labels.count(label) > 1})
+        raise ConfigError(f"labels must be unique (repeated: {dup})")
+    return labels
 
 
 def one_line(text: str) -> str:
