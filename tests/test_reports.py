@@ -140,3 +140,23 @@ def test_held_out_shapes_are_checked():
         check_held_out({**held_out, "targets": np.full(10, 3)}, LABELS, False)
     with pytest.raises(DataError, match=r"^held_out\['targets'\]: expected a 0/1 matrix of shape \(10, 3\)"):
         check_held_out(held_out, LABELS, True)
+
+
+def test_multi_label_summary_says_subset_accuracy():
+    """For multi-label the accuracy column is named for what it is: every label right."""
+    metadata, _ = _synthetic(GENRES, multi_label=True)
+    lines = format_summary(metadata).splitlines()
+    assert lines[2].split() == ["model", "subset", "accuracy", "macro-F1"]
+    fused = metadata["metrics"]["fused"]
+    assert lines[8] == f"Fused                       {fused['accuracy']:>15.3f}  {fused['macro_f1']:>8.3f}"
+
+
+def test_training_curves_with_a_diverging_joint_epoch(tmp_path):
+    """Losses spanning two orders of magnitude still draw (on a log axis)."""
+    metadata, _ = _synthetic(LABELS, multi_label=False)
+    metadata["history"]["stage2"]["joint_train_loss"] = [51.0, 31.0, 24.0]
+    metadata["history"]["stage2"]["joint_val_loss"] = [32.0, 8.0, 10.0]
+    write_report(tmp_path, metadata, None, LABELS, multi_label=False)
+    _assert_png(tmp_path / "report" / "training_curves.png")
+    payload = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert payload["history"]["stage2"]["joint_val_loss"] == [32.0, 8.0, 10.0]

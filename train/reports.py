@@ -246,12 +246,20 @@ def plot_training_curves(path: Path, history: Mapping[str, Any]) -> Path:
         i = int(np.argmin(wv))
         _mark_kept(right, i + 1, wv[i])
     right.set_title(f"Stage 2: fusion MLP warm-up, then joint (kept: {kept or 'n/a'})", fontsize=11)
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-    for ax in (left, right):
+    for ax, values in ((left, train1 + val1), (right, wt + wv + jt + jv)):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
+        positive = [v for v in values if v > 0]
+        if positive and len(positive) == len(values) and max(positive) > 10 * min(positive):
+            ax.set_yscale("log")  # a diverging epoch would flatten every other curve
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_ylabel("loss (log scale)")
+        else:
+            ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -265,10 +273,12 @@ def format_summary(metadata: Mapping[str, Any]) -> str:
     if "held_out" in metadata:
         lines += [f"Held-out data: {metadata['held_out']}, n={metadata.get('n_held_out', '?')}", ""]
     width = max([len(_display(n)) for n in metrics] + [5])
-    lines.append(f"{'model':<{width}}  {'accuracy':>8}  {'macro-F1':>8}")
+    multi_label = any("subset_accuracy" in m for m in metrics.values())
+    accuracy = "subset accuracy" if multi_label else "accuracy"  # every label right, for multi-label
+    lines.append(f"{'model':<{width}}  {accuracy:>8}  {'macro-F1':>8}")
     for name in _ordered(list(metrics)):
         m = metrics[name]
-        lines.append(f"{_display(name):<{width}}  {m['accuracy']:>8.3f}  {m['macro_f1']:>8.3f}")
+        lines.append(f"{_display(name):<{width}}  {m['accuracy']:>{len(accuracy)}.3f}  {m['macro_f1']:>8.3f}")
     cal = metadata.get("calibration")
     if cal:
         lines += ["", f"LLM calibration: log loss {cal['log_loss_before']:.3f} -> {cal['log_loss_after']:.3f}, "
@@ -336,7 +346,7 @@ def write_report(output_dir: str | os.PathLike, metadata: Mapping[str, Any], hel
         },
         "models": metrics,
         "llm_usage": metadata.get("llm_usage"), "llm_score_method": metadata.get("llm_score_method"),
-        "splits": metadata.get("splits"), "timings": metadata.get("timings"),
+        "splits": metadata.get("splits"), "timings": metadata.get("timings"), "history": metadata.get("history"),
         "files": sorted([p.name for p in written] + ["metrics.json"]),
     }
     persistence.write_json(folder / "metrics.json", payload)
