@@ -51,8 +51,12 @@ class AutoFusionClassifier:
     `__init__` only stores the config; it is validated when `fit` starts.
     """
 
-    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, config: Mapping[str, Any] | None = None, *, api_key: str | None = None) -> None:
         self.config = dict(config or {})
+        self._api_key = api_key  # kept out of config, repr, saved files and the cache
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
 
     # ----------------------------------------------------------------------------------- fit
     def fit(self, data: Any, eval_data: Any = None, *, progress: bool = True) -> AutoFusionClassifier:
@@ -85,7 +89,10 @@ class AutoFusionClassifier:
             train_encoder,
         )
 
+        import torch
+
         t = time.perf_counter()
+        torch.manual_seed(cfg["seed"])  # the new classification head is initialised while loading
         encoder, tokenizer = load_encoder(cfg["ml_model"], labels, multi)
         max_length = effective_max_length(encoder, tokenizer, cfg["ml"]["max_length"])
         hist1 = train_encoder(encoder, tokenizer, pick(splits.stage1_train), targets[splits.stage1_train],
@@ -182,7 +189,7 @@ class AutoFusionClassifier:
     def _make_scorer(self, cfg: dict[str, Any], labels: list[str], multi: bool):
         from textclassify.runtime.llm import LLMScorer
 
-        return LLMScorer(LLMSettings.from_config(cfg), labels, multi, cache_dir=cfg["cache_dir"])
+        return LLMScorer(LLMSettings.from_config(cfg), labels, multi, cache_dir=cfg["cache_dir"], api_key=self._api_key)
 
     def _write_metrics(self, output_dir: str) -> None:
         out = Path(output_dir).expanduser()
@@ -201,7 +208,7 @@ class AutoFusionClassifier:
             from textclassify.runtime.llm import LLMScorer
 
             self._scorer = LLMScorer(self.llm_settings_, self.labels_, self.multi_label_,
-                                     cache_dir=self.config_["cache_dir"])
+                                     cache_dir=self.config_["cache_dir"], api_key=self._api_key)
         before = dict(self._scorer.usage)
         raw = self._scorer.score(texts)
         return raw, _usage_delta(self._scorer.usage, before)
@@ -256,7 +263,7 @@ class AutoFusionClassifier:
                                           mlp=self.model_.mlp, validation=self.validation_)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> AutoFusionClassifier:
+    def load(cls, directory: str | os.PathLike, *, api_key: str | None = None) -> AutoFusionClassifier:
         """Rebuild a fitted classifier from `save`'s folder (safetensors and JSON only)."""
         from textclassify.train.calibration import calibrator_from_dict
         from textclassify.train.encoder import load_encoder
@@ -266,7 +273,7 @@ class AutoFusionClassifier:
         encoder, tokenizer = load_encoder(str(folder / persistence.ENCODER_DIR), meta["labels"], meta["multi_label"])
         mlp = FusionMLP(**meta["fusion_mlp"])
         mlp.load_state_dict(persistence.load_mlp_state(folder))
-        clf = cls(meta["config"])
+        clf = cls(meta["config"], api_key=api_key)
         clf.config_ = validate_config(meta["config"])
         clf.labels_, clf.multi_label_ = list(meta["labels"]), bool(meta["multi_label"])
         clf.thresholds_, clf.max_length_ = meta["thresholds"], int(meta["max_length"])

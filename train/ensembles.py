@@ -344,20 +344,10 @@ FUSION_PARAMETERS: dict[str, tuple[str, ...]] = {  # EnsembleConfig.parameters k
 }
 
 
-def _keyed_classifier(config: dict[str, Any], api_key: str | None) -> Any:
-    """An AutoFusionClassifier; with `api_key`, one whose LLM client gets the key (never put in the config)."""
+def _auto_classifier(config: dict[str, Any], api_key: str | None) -> Any:
     from textclassify.train.auto import AutoFusionClassifier
 
-    if api_key is None:
-        return AutoFusionClassifier(config)
-
-    class _KeyedAutoFusionClassifier(AutoFusionClassifier):
-        def _make_scorer(self, cfg: dict[str, Any], labels: list[str], multi: bool) -> Any:
-            from textclassify.runtime.llm import LLMScorer, LLMSettings
-
-            return LLMScorer(LLMSettings.from_config(cfg), labels, multi, cache_dir=cfg["cache_dir"], api_key=api_key)
-
-    return _KeyedAutoFusionClassifier(config)
+    return AutoFusionClassifier(config, api_key=api_key)
 
 
 class FusionEnsemble:
@@ -447,7 +437,7 @@ class FusionEnsemble:
             raise DataError(f"FusionEnsemble.fit: eval_data: expected TrainingData, got {type(eval_data).__name__}.")
         config = self.to_config(data)
         _, llm, _ = self._components()
-        self.classifier_ = _keyed_classifier(config, llm.api_key).fit(data, eval_data, progress=self.progress)
+        self.classifier_ = _auto_classifier(config, llm.api_key).fit(data, eval_data, progress=self.progress)
         return self
 
     def _check_fitted(self) -> None:
