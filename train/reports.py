@@ -163,8 +163,8 @@ def plot_label_f1(path: Path, metrics: Mapping[str, Mapping[str, Any]], labels: 
     ax.set_xlim(0, 1.12)
     ax.set_xlabel("F1")
     ax.set_title("Per-label F1 on the held-out data", fontsize=11)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1 if c > 3 else -0.16), ncol=min(k, 4), fontsize=8,
-              frameon=False)
+    fig.set_layout_engine("constrained")
+    fig.legend(loc="outside lower center", ncol=min(k, 4), fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
