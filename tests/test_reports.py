@@ -160,3 +160,13 @@ def test_training_curves_with_a_diverging_joint_epoch(tmp_path):
     _assert_png(tmp_path / "report" / "training_curves.png")
     payload = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert payload["history"]["stage2"]["joint_val_loss"] == [32.0, 8.0, 10.0]
+
+
+def test_plots_of_an_earlier_run_are_removed(tmp_path):
+    """Writing a multi-label report where a multi-class one was leaves no stale confusion matrices."""
+    metadata, held_out = _synthetic(LABELS, multi_label=False)
+    write_report(tmp_path, metadata, held_out, LABELS, multi_label=False)
+    (tmp_path / "report" / "notes.png").write_bytes(b"mine")
+    metadata, held_out = _synthetic(GENRES, multi_label=True)
+    written = write_report(tmp_path, metadata, held_out, GENRES, multi_label=True)
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted([p.name for p in written] + ["notes.png"])

@@ -198,5 +198,8 @@ def test_train_from_config_and_flags(tmp_path, tiny_roberta_dir, llm_server):
     assert clf.labels_ == LABELS
     report = json.loads((out / "report" / "metrics.json").read_text())
     assert report["summary"]["fused"]["accuracy"] == metrics["fused"]["accuracy"]
-    assert {"training_curves.png", "summary.txt", "metrics.json"} <= set(report["files"])
-    assert all((out / "report" / name).is_file() for name in report["files"])
+    models = ["ml", "ml_stage1", "llm_raw", "llm", "stacker", "fused"]
+    assert report["files"] == sorted([f"confusion_matrix_{m}.png" for m in models] + [
+        "reliability_llm.png", "training_curves.png", "summary.txt", "metrics.json"])
+    assert sorted(p.name for p in (out / "report").iterdir()) == report["files"]
+    assert f"Report:  {out / 'report'} (10 files)" in lines

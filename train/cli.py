@@ -1,6 +1,7 @@
 """fusion-train: train an AutoFusionClassifier from a CSV and a YAML config (or flags); save, report, summarise."""
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,7 +87,7 @@ def train_from_config(cfg: TrainConfig, *, progress: bool = True) -> dict[str, A
     train_df = read_csv(cfg.train_path)
     test_df = read_csv(cfg.test_path) if cfg.test_path else None  # both files are read before any training
     from textclassify.train.auto import AutoFusionClassifier
-    from textclassify.train.reports import write_classifier_report
+    from textclassify.train.reports import REPORT_DIR
     from transformers.utils import logging as hf_logging
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
@@ -99,9 +100,10 @@ def train_from_config(cfg: TrainConfig, *, progress: bool = True) -> dict[str, A
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
-    report_files = write_classifier_report(clf, output)
+    report_dir = output / REPORT_DIR  # fit wrote metrics.json and the report
+    files = json.loads((report_dir / "metrics.json").read_text(encoding="utf-8"))["files"]
     return {"classifier": clf, "output_dir": output, "model_dir": model_dir, "metrics": output / "metrics.json",
-            "report_files": report_files}
+            "report_dir": report_dir, "report_files": [report_dir / name for name in files]}
 
 
 def _overrides(**flags: Any) -> dict[str, Any]:
@@ -169,7 +171,7 @@ def main(create_config: str | None, force: bool, config_path: str | None, quiet:
     click.echo("")
     click.echo(f"Model:   {result['model_dir']}")
     click.echo(f"Metrics: {result['metrics']}")
-    click.echo(f"Report:  {result['output_dir'] / 'report'} ({len(result['report_files'])} files)")
+    click.echo(f"Report:  {result['report_dir']} ({len(result['report_files'])} files)")
 
 
 def _create_config(path: str, force: bool, config_path: str | None, overrides: Mapping[str, Any]) -> None:

@@ -34,6 +34,7 @@ BAR_MODELS = ("ml", "llm", "stacker", "fused")  # per-label F1 bars: one bar per
 _COLOURS = {"ml_stage1": "#8c8c8c", "ml": "#1f77b4", "llm_raw": "#ff7f0e", "llm": "#2ca02c", "stacker": "#9467bd",
             "fused": "#d62728"}
 _N_BINS = 10
+_OWN_PLOT = re.compile(r"confusion_matrix_[\w-]+\.png|per_label_f1\.png|reliability_llm\.png|training_curves\.png")
 
 
 def _display(name: str) -> str:
@@ -331,6 +332,9 @@ def write_report(output_dir: str | os.PathLike, metadata: Mapping[str, Any], hel
     if (history.get("stage1") or {}).get("train_loss") or (history.get("stage2") or {}).get("warmup_train_loss"):
         written.append(plot_training_curves(folder / "training_curves.png", history))
 
+    for stale in folder.glob("*.png"):  # plots of an earlier run into the same folder would mislead
+        if stale not in written and _OWN_PLOT.fullmatch(stale.name):
+            stale.unlink()
     summary = format_summary({**metadata, "calibration": calibration} if calibration else metadata)
     (folder / "summary.txt").write_text(summary + "\n", encoding="utf-8")
     written.append(folder / "summary.txt")
