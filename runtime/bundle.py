@@ -13,6 +13,7 @@ from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import decode_predictions, encode_targets, logits_to_probabilities
 from textclassify.runtime.errors import BundleError, ConfigError, DataError, LLMError
 from textclassify.runtime.llm import LLMScorer, LLMSettings
+from textclassify.runtime.llm.usage import usage_delta
 from textclassify.runtime.manifest import BundleManifest, load_manifest, read_verified
 from textclassify.runtime.metrics import classification_metrics
 from textclassify.runtime.sessions import CPU, CUDA, OnnxModel, resolve_providers, session_options
@@ -240,14 +241,6 @@ class Bundle:
                               f"expected (1, {n_labels}) for the manifest's {n_labels} labels.")
 
 
-def usage_delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
-    """LLM usage of one call: numeric counters subtracted; others (cost None) taken from `after`."""
-    out: dict[str, Any] = {}
-    for key, value in after.items():
-        prev = before.get(key)
-        numeric = isinstance(value, (int, float)) and isinstance(prev, (int, float))
-        out[key] = value - prev if numeric else value
-    return out
 
 
 def _check_arguments(variant: Any, on_llm_error: Any, batch_size: Any, intra_op_num_threads: Any,

@@ -13,6 +13,7 @@ import numpy as np
 from textclassify.runtime.decoding import decode_predictions, encode_targets, logits_to_probabilities
 from textclassify.runtime.errors import DataError, NotFittedError
 from textclassify.runtime.llm.settings import LLMSettings
+from textclassify.runtime.llm.usage import usage_delta
 from textclassify.runtime.metrics import classification_metrics
 from textclassify.runtime.types import ClassificationResult, TrainingData
 from textclassify.runtime.validation import validate_texts
@@ -37,12 +38,6 @@ def _renormalised(raw: np.ndarray, multi_label: bool) -> np.ndarray:
     return np.where(total > 0, raw / np.maximum(total, 1e-12), 1.0 / raw.shape[1])
 
 
-def _usage_delta(after: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in after.items():
-        prev = before.get(key)
-        out[key] = value - prev if isinstance(value, (int, float)) and isinstance(prev, (int, float)) else value
-    return out
 
 
 class AutoFusionClassifier:
@@ -82,14 +77,13 @@ class AutoFusionClassifier:
         raw_eval = scorer.score(evaluation.texts, progress=progress) if evaluation is not None else None
         timings["llm_scoring_s"] = time.perf_counter() - t
 
+        import torch
         from textclassify.train.encoder import (
             effective_max_length,
             encoder_logits,
             load_encoder,
             train_encoder,
         )
-
-        import torch
 
         t = time.perf_counter()
         torch.manual_seed(cfg["seed"])  # the new classification head is initialised while loading
@@ -211,7 +205,7 @@ class AutoFusionClassifier:
                                      cache_dir=self.config_["cache_dir"], api_key=self._api_key)
         before = dict(self._scorer.usage)
         raw = self._scorer.score(texts)
-        return raw, _usage_delta(self._scorer.usage, before)
+        return raw, usage_delta(self._scorer.usage, before)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Fused probabilities [n, C] in `labels_` order."""

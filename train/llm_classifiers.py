@@ -7,13 +7,14 @@ data with the fusion recipe's calibrator.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import encode_targets
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
+from textclassify.runtime.llm.usage import usage_delta
 from textclassify.runtime.types import ClassificationResult, TrainingData
 from textclassify.runtime.validation import validate_texts
 from textclassify.train.fusion_utils import check_training_data, encode_true_labels, result_from_probabilities
@@ -29,13 +30,6 @@ def raw_scores_to_probabilities(raw: np.ndarray, multi_label: bool) -> np.ndarra
     return np.where(total > 0, raw / np.maximum(total, 1e-12), uniform).astype(np.float32)
 
 
-def _usage_delta(after: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in after.items():
-        prev = before.get(key)
-        both_numbers = isinstance(value, (int, float)) and isinstance(prev, (int, float))
-        out[key] = value - prev if both_numbers else value
-    return out
 
 
 def _check_label_names(labels: Any, owner: str) -> list[str]:
@@ -160,7 +154,7 @@ class LLMClassifier:
             raise NotFittedError(f"This {type(self).__name__} instance was closed. Call 'fit' again.")
         before = self._scorer.usage
         raw = self._scorer.score(texts, progress=self.progress) if texts else np.zeros((0, len(self.labels_)))
-        return raw, _usage_delta(self._scorer.usage, before)
+        return raw, usage_delta(self._scorer.usage, before)
 
     def _probabilities(self, raw: np.ndarray) -> np.ndarray:
         if self.calibrator_ is not None and len(raw):
