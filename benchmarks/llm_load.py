@@ -9,6 +9,7 @@ bound (or with --profile) it profiles the run with cProfile and prints where the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import io
 import json
@@ -22,12 +23,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import openai
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from textclassify.runtime.llm import LLMScorer, LLMSettings  # noqa: E402
+from textclassify.runtime.llm.prompts import build_messages  # noqa: E402
 
 from tests.support.data import LABELS, make_tickets  # noqa: E402
 
@@ -106,6 +109,29 @@ async def _disable(profiler: cProfile.Profile) -> None:
     profiler.disable()
 
 
+def bare_sdk_rate(texts: list[str], base_url: str, concurrency: int) -> float:
+    """Requests/s of the bare openai SDK (same prompts, same bound, no LLMScorer) on this machine now."""
+    async def go() -> float:
+        client = openai.AsyncOpenAI(api_key="not-needed", base_url=base_url, max_retries=0, timeout=30)
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(text: str) -> str:
+            async with sem:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="fake", messages=build_messages(text, LABELS, multi_label=False, method="json"),
+                    temperature=0, max_tokens=196, response_format={"type": "json_object"})
+                return raw.text
+
+        await one("warm-up")
+        start = time.perf_counter()
+        await asyncio.gather(*(one(t) for t in texts))
+        wall = time.perf_counter() - start
+        await client.close()
+        return len(texts) / wall
+
+    return asyncio.run(go())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000)
@@ -130,6 +156,8 @@ def main() -> int:
                 server, base_url = start_server(args.delay)
                 profiled = run(args, texts, base_url, tmp if args.cache else None, True, server.pid)
                 result["profiler"] = profiled["profiler"]
+                sample = [t + " (bare SDK)" for t in texts[:2000]]
+                result["bare_sdk_rate"] = bare_sdk_rate(sample, base_url, args.concurrency)
     finally:
         server.terminate()
         server.wait()
@@ -146,6 +174,9 @@ def main() -> int:
           f"per request ({result['client_cpu_s'] / result['wall_s']:.0%} of one core); "
           f"server CPU {result['server_cpu_s'] * 1000 / args.n:.2f} ms per request; "
           f"machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if "bare_sdk_rate" in result:
+        print(f"bare openai SDK    {result['bare_sdk_rate']:.1f} req/s on the same server and bound, without LLMScorer "
+              f"(LLMScorer reaches {rate / result['bare_sdk_rate']:.0%} of it)")
     print(f"every text once    {'yes' if once and result['requests'] == args.n else 'NO'}")
     print(f"client usage       {result['usage']}")
     print(f"peak RSS           {result['rss_peak'] / mib:.1f} MiB (at start {result['rss_start'] / mib:.1f} MiB, "

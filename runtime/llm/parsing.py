@@ -47,6 +47,16 @@ def parse_body(body_text: str) -> dict[str, Any]:
     return body
 
 
+def completion_id(body_text: str) -> str | None:
+    """The "id" of a chat-completion body (what a provider's support asks for), or None."""
+    try:
+        body = json.loads(body_text)
+    except ValueError:
+        return None
+    ident = body.get("id") if isinstance(body, dict) else None
+    return ident if isinstance(ident, str) else None
+
+
 def first_choice(body: dict[str, Any]) -> dict[str, Any]:
     """choices[0] of a chat completion."""
     choices = body.get("choices")

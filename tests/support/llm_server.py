@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -259,7 +260,13 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = 1 << 16  # headers and body leave in one write (flushed after each request) ...
     fake: FakeLLMServer
+
+    def setup(self) -> None:
+        super().setup()
+        # ... and without Nagle: a second small write would wait ~40 ms for the client's delayed ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
