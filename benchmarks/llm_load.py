@@ -101,7 +101,7 @@ def run(args: argparse.Namespace, texts: list[str], base_url: str, cache_dir: st
     stats = server_stats(base_url)
     return {"wall_s": wall, "scores_shape": scores.shape, "requests": stats["requests"] - before,
             "server": stats, "usage": usage, "rss_start": rss_start, "rss_peak": max(sampler.samples),
-            "rss_samples": len(sampler.samples), "profiler": profiler,
+            "rss": sampler.samples, "profiler": profiler,
             "client_cpu_s": client_cpu, "server_cpu_s": server_cpu}
 
 
@@ -130,6 +130,11 @@ def bare_sdk_rate(texts: list[str], base_url: str, concurrency: int) -> float:
         return len(texts) / wall
 
     return asyncio.run(go())
+
+
+def _quarters(samples: list[int]) -> list[list[int]]:
+    k = max(1, len(samples) // 4)
+    return [samples[i * k:(i + 1) * k] or samples[-1:] for i in range(4)]
 
 
 def main() -> int:
@@ -180,7 +185,9 @@ def main() -> int:
     print(f"every text once    {'yes' if once and result['requests'] == args.n else 'NO'}")
     print(f"client usage       {result['usage']}")
     print(f"peak RSS           {result['rss_peak'] / mib:.1f} MiB (at start {result['rss_start'] / mib:.1f} MiB, "
-          f"+{(result['rss_peak'] - result['rss_start']) / mib:.1f} MiB, {result['rss_samples']} samples)")
+          f"+{(result['rss_peak'] - result['rss_start']) / mib:.1f} MiB, {len(result['rss'])} samples)")
+    quarters = [max(q) / mib for q in _quarters(result["rss"])]
+    print(f"RSS by quarter     {', '.join(f'{q:.1f}' for q in quarters)} MiB (peak of each quarter of the run)")
     if result["profiler"] is not None:
         out = io.StringIO()
         pstats.Stats(result["profiler"], stream=out).sort_stats("tottime").print_stats(25)
