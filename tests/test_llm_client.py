@@ -221,6 +221,25 @@ def test_works_inside_a_running_event_loop_and_from_threads(llm_server: FakeLLMS
         np.testing.assert_array_equal(part, expected(TEXTS[i::4]))
 
 
+def test_first_calls_from_many_threads_share_one_loop(llm_server: FakeLLMServer) -> None:
+    """Eight threads making the very first call at once start one event-loop thread, not eight."""
+    import threading
+
+    before = {t.ident for t in threading.enumerate() if t.name == "textclassify-llm"}
+    barrier = threading.Barrier(8)
+
+    def first_call(i: int) -> np.ndarray:
+        barrier.wait()
+        return s.score([TEXTS[i]])
+
+    with scorer(llm_server, None) as s, ThreadPoolExecutor(8) as pool:
+        parts = list(pool.map(first_call, range(8)))
+        loops = {t.ident for t in threading.enumerate() if t.name == "textclassify-llm"} - before
+    assert len(loops) == 1
+    for i, part in enumerate(parts):
+        np.testing.assert_array_equal(part, expected([TEXTS[i]]))
+
+
 def test_progress_bar_on_stderr(llm_server: FakeLLMServer, capsys: pytest.CaptureFixture[str]) -> None:
     """progress=True draws a tqdm bar on stderr, nothing on stdout."""
     with scorer(llm_server, None) as s:

@@ -135,6 +135,7 @@ class LLMScorer:
             self._method = self._cache.get_meta(self._resolution_key)
         self._closed = False
         self._runner: _LoopThread | None = None
+        self._start_lock = threading.Lock()
         self._client: Any = None
         self._sem: asyncio.Semaphore | None = None
         self._lease_s = (settings.timeout_s + self._backoff[1] + 1.0) * (settings.max_retries + 1)
@@ -196,9 +197,10 @@ class LLMScorer:
         for i, text in enumerate(texts):
             positions.setdefault(text, []).append(i)
         unique = list(positions)
-        if self._runner is None:
-            self._runner = _LoopThread()
-            weakref.finalize(self, self._runner.stop)  # a scorer dropped without close() frees its thread
+        with self._start_lock:  # several threads may make the first call at once
+            if self._runner is None:
+                self._runner = _LoopThread()
+                weakref.finalize(self, self._runner.stop)  # a scorer dropped without close() frees its thread
         results = self._runner.run(self._score_unique(unique, [positions[t][0] for t in unique], progress))
         for text, result in zip(unique, results):
             rows = positions[text]
