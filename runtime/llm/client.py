@@ -138,6 +138,7 @@ class LLMScorer:
         self._start_lock = threading.Lock()
         self._client: Any = None
         self._sem: asyncio.Semaphore | None = None
+        self._client_lock: asyncio.Lock | None = None
         self._lease_s = (settings.timeout_s + self._backoff[1] + 1.0) * (settings.max_retries + 1)
 
     def _initial_method(self, requested: str) -> str | None:
@@ -359,14 +360,18 @@ class LLMScorer:
             return
         import openai
 
-        if self._sem is None:
+        if self._sem is None:  # created on the loop thread, where nothing runs between check and set
             self._sem = asyncio.Semaphore(self.settings.max_concurrency)
-        if self._base_url is None:  # provider "local": start (or reuse) the embedded server
-            from textclassify.runtime.llm.local_server import ensure_local_server
+            self._client_lock = asyncio.Lock()
+        async with self._client_lock:  # the local server start awaits: one coroutine does it
+            if self._client is not None:
+                return
+            if self._base_url is None:  # provider "local": start (or reuse) the embedded server
+                from textclassify.runtime.llm.local_server import ensure_local_server
 
-            self._base_url, self._api_model = await asyncio.to_thread(ensure_local_server, self.settings.model)
-        self._client = openai.AsyncOpenAI(api_key=self._api_key or PLACEHOLDER_KEY, base_url=self._base_url,
-                                          timeout=self.settings.timeout_s, max_retries=0)
+                self._base_url, self._api_model = await asyncio.to_thread(ensure_local_server, self.settings.model)
+            self._client = openai.AsyncOpenAI(api_key=self._api_key or PLACEHOLDER_KEY, base_url=self._base_url,
+                                              timeout=self.settings.timeout_s, max_retries=0)
 
     def _request_kwargs(self, method: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self._api_model,
