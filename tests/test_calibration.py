@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from textclassify.runtime.decoding import softmax
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
+from textclassify.runtime import constants
 from textclassify.train.calibration import (
     IsotonicCalibrator,
     TemperatureCalibrator,
@@ -109,13 +110,14 @@ def test_report_log_loss_not_worse_after_temperature():
 
 
 def test_isotonic_fits_one_regressor_per_label_and_improves_log_loss():
-    """One clipped IsotonicRegression per label; calibrated scores stay in [0, 1] and lower the log loss."""
+    """One clipped IsotonicRegression per label; calibrated scores stay within ISOTONIC_BOUNDS and lower the log loss."""
     raw, Y = _multilabel(1500)
     cal = fit_calibrator(raw, Y, multi_label=True)
     assert isinstance(cal, IsotonicCalibrator) and len(cal.regressors_) == 3
-    assert all(r.out_of_bounds == "clip" and r.y_min == 0 and r.y_max == 1 for r in cal.regressors_)
+    low, high = constants.ISOTONIC_BOUNDS
+    assert all(r.out_of_bounds == "clip" and r.y_min == low and r.y_max == high for r in cal.regressors_)
     out = cal.transform(np.vstack([raw, [[-1.0, 2.0, 0.5]]]))
-    assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+    assert out.dtype == np.float32 and out.min() >= low and out.max() <= high
     report = calibration_report(raw, out[:-1], Y, multi_label=True)
     assert report["log_loss_after"] <= report["log_loss_before"]
 
@@ -133,12 +135,12 @@ def test_isotonic_dict_round_trip_gives_equal_predictions():
 
 
 def test_isotonic_constant_label_does_not_crash():
-    """A label that never occurs warns and calibrates to a constant 0."""
+    """A label that never occurs warns and calibrates to the constant lower bound."""
     raw, Y = _multilabel(200, seed=6)
     Y[:, 1] = 0
     with pytest.warns(UserWarning, match="Label column 1 is always 0"):
         cal = IsotonicCalibrator().fit(raw, Y)
-    assert np.all(cal.transform(raw)[:, 1] == 0)
+    assert np.all(cal.transform(raw)[:, 1] == np.float32(constants.ISOTONIC_BOUNDS[0]))
 
 
 def test_isotonic_rejects_non_binary_targets():

@@ -194,7 +194,7 @@ def _isotonic_from_state(d: dict) -> IsotonicRegression:
 
 
 class IsotonicCalibrator:
-    """Multi-label calibration: one IsotonicRegression(out_of_bounds='clip', y_min=0, y_max=1) per label."""
+    """Multi-label calibration: one IsotonicRegression(out_of_bounds='clip', y_min/y_max = ISOTONIC_BOUNDS) per label."""
 
     def fit(self, raw_scores: np.ndarray, Y: np.ndarray) -> IsotonicCalibrator:
         """Fit one increasing isotonic curve per label on 0/1 targets `Y` [n, C]."""
@@ -208,7 +208,8 @@ class IsotonicCalibrator:
             if targets[:, j].min() == targets[:, j].max():
                 warnings.warn(f"Label column {j} is always {int(targets[0, j])} in the calibration data; "
                               "its calibrated score is that constant.", UserWarning, stacklevel=2)
-            reg = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0, increasing=True)
+            low, high = constants.ISOTONIC_BOUNDS
+            reg = IsotonicRegression(out_of_bounds="clip", y_min=low, y_max=high, increasing=True)
             self.regressors_.append(reg.fit(raw[:, j], targets[:, j]))
         return self
 

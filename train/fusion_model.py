@@ -7,6 +7,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from textclassify.runtime.constants import FEATURE_SCALE_FLOOR
+
 
 class FusionOutput(NamedTuple):
     """What FusionWrapper returns; `llm_scores` is the (detached) calibrated input, passed through."""
@@ -39,7 +41,8 @@ class FusionMLP(nn.Module):
     def set_feature_scaling(self, features: torch.Tensor) -> None:
         """Store the mean and spread of training features, used to standardise every input."""
         self.feature_mean.copy_(features.mean(dim=0))
-        self.feature_scale.copy_(features.std(dim=0).clamp_min(1e-3) if len(features) > 1 else torch.ones_like(self.feature_scale))
+        spread = features.std(dim=0) if len(features) > 1 else torch.ones_like(self.feature_scale)
+        self.feature_scale.copy_(spread.clamp_min(FEATURE_SCALE_FLOOR))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net((features - self.feature_mean) / self.feature_scale)
