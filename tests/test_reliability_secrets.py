@@ -222,3 +222,34 @@ def test_fusion_predict_cli_holds_no_key(env, llm_server, tmp_path):
     assert failed.exit_code == 1 and "Bearer ***" in failed.stderr
     assert leaks(degraded.output + degraded.stderr + failed.output + failed.stderr) == []
     assert files_with_key(tmp_path) == {}
+
+
+EXPLICIT = "sk-test-EXPLICIT-0987654321"
+
+
+def test_explicit_api_key_never_leaks(env, llm_server, tmp_path):
+    """A key passed as an argument (AutoFusionClassifier.load(api_key=...), load_bundle(llm_api_key=...)), echoed
+    back by the server: used instead of the environment's, and in no error, repr, log line or re-saved file."""
+    tmp = env["tmp"]
+    needles = [EXPLICIT, "EXPLICIT-0987654321", KEY, "LEAK-1234567890"]
+    llm_server.inject("echo_key", times=999, status=401)
+    texts = ["ticket 77: an uncached text about a refund"]
+    with console() as seen:
+        clf = AutoFusionClassifier.load(tmp / "model", api_key=EXPLICIT)
+        clf.llm_settings_ = llm_server.settings(score_method="json")
+        with pytest.raises(LLMError) as fit_side:
+            clf.predict(texts)
+        clf.save(tmp_path / "model-again")
+        with load_bundle(tmp / "bundle", providers="cpu", cache_dir=tmp_path / "cache", llm_api_key=EXPLICIT,
+                         llm_base_url=llm_server.base_url) as bundle:
+            with pytest.raises(LLMError) as serve_side:
+                bundle.predict(texts)
+            shown = repr(bundle) + repr(bundle.manifest) + repr(bundle.llm_usage)
+    text = "\n".join([error_text(fit_side.value), error_text(serve_side.value), repr(clf), repr(clf.config_),
+                      shown, seen.everything()])
+    assert text.count("Bearer ***") >= 2
+    assert [n for n in needles if n in text] == []
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert [n for n in needles if n.encode() in data] == [], path
