@@ -204,6 +204,12 @@ class _ExportRun:
 
     def run(self, *, int8: bool, fp16: bool) -> None:
         """Every step; raises ExportError listing all mismatches before any variant or after them."""
+        from textclassify.export.model_onnx import on_cpu
+
+        with on_cpu(self.fitted.model_):
+            self._steps(int8=int8, fp16=fp16)
+
+    def _steps(self, *, int8: bool, fp16: bool) -> None:
         from textclassify.export import parity
 
         self._tokenizer()

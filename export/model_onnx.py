@@ -108,6 +108,20 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
+@contextlib.contextmanager
+def on_cpu(module: nn.Module) -> Iterator[nn.Module]:
+    """Run a module on the CPU (export and parity are CPU work) and move it back afterwards."""
+    param = next(module.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if device.type != "cpu":
+        module.to("cpu")
+    try:
+        yield module
+    finally:
+        if device.type != "cpu":
+            module.to(device)
+
+
 def sample_inputs(tokenizer: Any, texts: Sequence[str], max_length: int,
                   n_labels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tracing inputs: the shortest and the longest text, so the traced batch carries padding."""
@@ -124,8 +138,7 @@ def export_model_onnx(wrapper: nn.Module, tokenizer: Any, path: str | Path, *, t
                       max_length: int, n_labels: int, spec: GraphSpec = GraphSpec()) -> dict[str, Any]:
     """Trace `wrapper` to `path` (one self-contained file); returns facts for the manifest."""
     args = sample_inputs(tokenizer, texts, max_length, n_labels)
-    wrapper = wrapper.cpu()
-    with eval_mode(wrapper), eager_attention(wrapper.encoder) as attention, torch.no_grad(), \
+    with on_cpu(wrapper), eval_mode(wrapper), eager_attention(wrapper.encoder) as attention, torch.no_grad(), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter about the legacy exporter
         try:

@@ -227,22 +227,24 @@ def decisions(fused_logits: np.ndarray, multi_label: bool, thresholds: Sequence[
 
 def compare_reduced(name: str, ref: Reference, got: Outputs, multi_label: bool,
                     thresholds: Sequence[float] | None, min_agreement: float) -> tuple[Findings, dict[str, Any]]:
-    """Prediction agreement with PyTorch (a row agrees when its whole decision is the same)."""
+    """Prediction agreement with PyTorch: a text agrees when its whole decision matches at every batch size."""
     found = _shape_findings(name, ref, got)
     if found.shapes:
         return found, {}
     sizes = list(ref.fused)
-    want = np.concatenate([decisions(ref.fused[s], multi_label, thresholds) for s in sizes])
-    have = np.concatenate([decisions(got.fused[s], multi_label, thresholds) for s in sizes])
-    same = (want == have).all(axis=1)
+    same = np.ones(len(ref.fused[sizes[0]]), dtype=bool)
+    for size in sizes:
+        want = decisions(ref.fused[size], multi_label, thresholds)
+        have = decisions(got.fused[size], multi_label, thresholds)
+        same &= (want == have).all(axis=1)
     agreement = float(same.mean()) if len(same) else 1.0
     fused_diff = max(float(np.abs(got.fused[s] - ref.fused[s]).max(initial=0.0)) for s in sizes)
     ml_diff = max(float(np.abs(got.ml[s] - ref.ml[s]).max(initial=0.0)) for s in sizes)
     if not agreement >= min_agreement:
         found.values.append(f"{name}: prediction agreement with PyTorch {agreement:.2%} < {min_agreement:.0%} "
-                            f"({int((~same).sum())} of {len(same)} rows differ; max |fused diff| {fused_diff:.3g})")
+                            f"({int((~same).sum())} of {len(same)} texts differ; max |fused diff| {fused_diff:.3g})")
     figures = {"agreement": agreement, "min_agreement": min_agreement, "max_abs_diff_fused": fused_diff,
-               "max_abs_diff_ml": ml_diff, "n_rows": int(len(same))}
+               "max_abs_diff_ml": ml_diff, "n_texts": int(len(same)), "batch_sizes": sizes}
     return found, figures
 
 

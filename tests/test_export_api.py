@@ -122,7 +122,8 @@ def test_parity_figures_are_recorded(which, request):
     assert 0 <= fp32["max_abs_diff_ml"] <= K.FP32_PARITY_TOL
     assert 0 <= parity["calibrator"]["max_abs_diff"] <= K.FP32_PARITY_TOL
     int8 = parity["int8"]
-    assert int8["n_rows"] == 2 * 41 and int8["agreement"] >= K.REDUCED_PRECISION_MIN_AGREEMENT
+    assert int8["n_texts"] == 41 and int8["batch_sizes"] == [1, 7]
+    assert int8["agreement"] >= K.REDUCED_PRECISION_MIN_AGREEMENT
     assert int8["max_abs_diff_fused"] > fp32["max_abs_diff_fused"]  # quantised weights really differ
 
 
@@ -219,7 +220,7 @@ def test_low_int8_agreement_is_refused(mc_model, tmp_path, monkeypatch):
     """A reduced-precision variant below the agreement floor refuses the whole bundle."""
     monkeypatch.setattr(K, "REDUCED_PRECISION_MIN_AGREEMENT", 1.01)
     with pytest.raises(ExportError, match=r"model\.int8\.onnx: prediction agreement with PyTorch 100\.00% < 101% "
-                                          r"\(0 of 82 rows differ; max \|fused diff\| "):
+                                          r"\(0 of 41 texts differ; max \|fused diff\| "):
         export_bundle(mc_model, tmp_path / "b", int8=True, progress=False)
     assert leftovers(tmp_path) == [] and not (tmp_path / "b").exists()
 

