@@ -57,3 +57,7 @@ ISOTONIC_BOUNDS = (0.01, 0.99)
 # small differences in those logits carry signal. The price: the first joint epoch can diverge when such
 # an encoder moves (train loss ~30); fusion-val then keeps the warm-up state, as DESIGN intends.
 FEATURE_SCALE_FLOOR = 1e-3
+
+# Characters of a text sent to the LLM (the encoder truncates by tokens on its own): a 100,000-character
+# text must not become a 100,000-character prompt. The cache key still hashes the whole text.
+LLM_MAX_TEXT_CHARS = 8000

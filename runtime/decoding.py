@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from textclassify.runtime.errors import DataError
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 for stability, returned as float32."""
@@ -46,7 +48,7 @@ def encode_targets(targets: Sequence[Any], labels: Sequence[str], multi_label: b
 
     def lookup(row: int, name: Any) -> int:
         if name not in index:
-            raise ValueError(f"labels[{row}]: unknown label {name!r}; expected one of {list(labels)}.")
+            raise DataError(f"labels[{row}]: unknown label {name!r}; expected one of {list(labels)}.")
         return index[name]
 
     if not multi_label:

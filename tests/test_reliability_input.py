@@ -16,6 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from textclassify.runtime import load_bundle
+from textclassify.runtime.constants import LLM_MAX_TEXT_CHARS
 from textclassify.runtime.decoding import softmax
 from textclassify.runtime.errors import DataError, LLMError
 from textclassify.runtime.types import ClassificationType, TrainingData
@@ -162,8 +163,6 @@ def test_bad_eval_data_fails_before_any_llm_request(server, tiny_roberta_dir, tm
     assert server.requests == before
 
 
-@pytest.mark.xfail(strict=True, reason="an eval_data label unseen in training raises a bare ValueError from "
-                   "encode_targets (no column name), not a DataError; fix pending in train/auto.py")
 def test_eval_data_with_an_unknown_label(server, tiny_roberta_dir, tmp_path):
     """A label in eval_data that training never saw is a DataError naming eval_data's column and row."""
     before = server.requests
@@ -175,8 +174,6 @@ def test_eval_data_with_an_unknown_label(server, tiny_roberta_dir, tmp_path):
     assert server.requests == before
 
 
-@pytest.mark.xfail(strict=True, reason="the eval_data label check raises a bare ValueError, which fusion-train does "
-                   "not catch (a traceback); fix pending in train/auto.py")
 def test_unknown_label_in_test_data_through_fusion_train(server, tiny_roberta_dir, tmp_path):
     """fusion-train --test-data with a label training never saw: one `Error:` line naming the row, exit 1."""
     frame(60).to_csv(tmp_path / "train.csv", index=False)
@@ -241,7 +238,7 @@ def test_long_texts_train_and_predict(fitted, server):
     clf, bundle, bodies, _ = fitted
     assert clf.max_length_ == 32
     sent = [len(t) for t in _user_texts(bodies)]
-    assert max(sent) > LONG, "at least one long text is in the fusion split, so the LLM was asked about it"
+    assert max(sent) > LLM_MAX_TEXT_CHARS, "a long text is in the fusion split, so the LLM was asked about it"
     texts = [long_text(10, "refund"), long_text(11, "courier"), "ticket 1: short one invoice"]
     a, b = clf.predict(texts), bundle.predict(texts)
     assert a.probabilities.shape == (3, 3) and np.isfinite(a.probabilities).all()
@@ -250,8 +247,6 @@ def test_long_texts_train_and_predict(fitted, server):
     assert b.metadata["degraded"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/llm/prompts.py puts the whole text into the prompt (100,000 "
-                   "characters are sent and paid for); fix pending in runtime/llm/prompts.py")
 def test_long_text_prompt_is_capped(fitted, server):
     """The LLM is not sent 100,000 characters of one text: the prompt's text is capped."""
     clf, _, bodies, _ = fitted
@@ -288,9 +283,7 @@ def test_prediction_input_errors(fitted, server, which, texts, message):
     assert server.requests == before
 
 
-@pytest.mark.parametrize("which", ["bundle", pytest.param("classifier", marks=pytest.mark.xfail(
-    strict=True, reason="AutoFusionClassifier.predict lets encode_targets' bare ValueError through for an unknown "
-    "true label; fix pending in train/auto.py"))])
+@pytest.mark.parametrize("which", ["bundle", "classifier"])
 def test_unknown_true_label_at_prediction(fitted, server, which):
     """predict(texts, labels=...) with a label the model does not know: a DataError naming it, no LLM request."""
     clf, bundle, _, _ = fitted

@@ -40,6 +40,18 @@ def _renormalised(raw: np.ndarray, multi_label: bool) -> np.ndarray:
 
 
 
+def _check_known_labels(data: Any, td: TrainingData, cfg: dict[str, Any], what: str,
+                        label_names: Sequence[str]) -> None:
+    """Evaluation labels must be ones training saw; the error names the column and row (or the list index)."""
+    known = set(label_names)
+    for i, lab in enumerate(td.labels):
+        for name in (lab if td.is_multi_label else [lab]):
+            if name not in known:
+                where = (f"labels[{i}]" if isinstance(data, TrainingData)
+                         else f"column {cfg['label_columns'][0]!r}, row {data.index[i]}")
+                raise DataError(f"{what}: {where}: unknown label {name!r}; training saw {list(label_names)}.")
+
+
 class AutoFusionClassifier:
     """Fine-tuned encoder + calibrated LLM scores, fused by an MLP trained as DESIGN.md lays out.
 
@@ -176,7 +188,7 @@ class AutoFusionClassifier:
             read = dataframe_to_training_data if label_names is None else read_labelled_frame
             td = read(data, cfg["text_column"], cfg["label_columns"], cfg["multi_label"])
         if label_names is not None:
-            encode_targets(td.labels, list(label_names), td.is_multi_label)  # unknown labels are an error
+            _check_known_labels(data, td, cfg, what, label_names)
             td.label_names = list(label_names)
         return td
 
@@ -214,13 +226,16 @@ class AutoFusionClassifier:
     def predict(self, texts: Sequence[str], labels: Sequence[Any] | None = None) -> ClassificationResult:
         """Labels (or label lists) per text; metadata['metrics'] when `labels` are given."""
         items = validate_texts(texts)
-        if labels is not None and len(labels) != len(items):
-            raise DataError(f"labels: {len(labels)} labels for {len(items)} texts; they must match.")
+        y = None
+        if labels is not None:  # checked before any LLM request, as the bundle does
+            if len(labels) != len(items):
+                raise DataError(f"labels: {len(labels)} labels for {len(items)} texts; they must match.")
+            self._check_fitted()
+            y = encode_targets(labels, self.labels_, self.multi_label_)
         probs, usage = self._predict(items)
         preds = decode_predictions(probs, self.labels_, self.multi_label_, self.thresholds_)
         metadata: dict[str, Any] = {"llm_usage": usage}
-        if labels is not None:
-            y = encode_targets(labels, self.labels_, self.multi_label_)
+        if y is not None:
             metadata["metrics"] = classification_metrics(
                 y, _predictions_to_targets(probs, self.multi_label_, self.thresholds_ or []), self.labels_,
                 self.multi_label_)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from textclassify.runtime.constants import LLM_MAX_TEXT_CHARS
 from textclassify.runtime.errors import ConfigError
 
 JSON = "json"
@@ -71,7 +72,7 @@ def build_messages(
         raise ValueError(f"unknown score method {method!r}")
     return [
         {"role": "system", "content": system},
-        {"role": "user", "content": f"{USER_PREFIX}\n{one_line(text)}"},
+        {"role": "user", "content": f"{USER_PREFIX}\n{one_line(text)[:LLM_MAX_TEXT_CHARS]}"},
     ]
 
 
