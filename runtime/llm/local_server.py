@@ -116,6 +116,11 @@ def _wait_healthy(root_url: str, timeout_s: float) -> None:
     )
 
 
+def _server_threads() -> int:
+    """Half the cores, at most 8 (1 on a 2-core machine)."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
 def _start(gguf: Path, timeout_s: float) -> LocalServer:
     try:
         import xllamacpp
@@ -129,6 +134,12 @@ def _start(gguf: Path, timeout_s: float) -> LocalServer:
     params.n_parallel = K.LOCAL_SERVER_PARALLEL
     params.n_ctx = K.LOCAL_SERVER_CTX * K.LOCAL_SERVER_PARALLEL  # llama.cpp splits n_ctx across the slots
     params.verbosity = -1  # llama.cpp's own log stays quiet; our errors say what failed
+    # Few threads, no spin-polling: llama.cpp's threads wait on each other every layer, and on a busy machine
+    # (torch training beside it, other processes) more threads made it several times slower, not faster.
+    threads = _server_threads()
+    for cpu in (params.cpuparams, params.cpuparams_batch):
+        cpu.n_threads = threads
+        cpu.poll = 0
     t = time.perf_counter()
     try:
         handle = xllamacpp.Server(params)
