@@ -231,6 +231,9 @@ def verdict(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if gain > SMALL_GAIN:
         lines.append(f"Fusion adds {gain:+.3f} macro-F1 over the encoder alone: the LLM scores carry information "
                      "the encoder lacks.")
+    elif gain >= -SMALL_GAIN and llm >= ml - SMALL_GAIN:
+        lines.append(f"Fusion ({fused:.3f}, {gain:+.3f}) matches the encoder alone: the LLM's scores added little "
+                     "the encoder did not already know.")
     elif gain >= -SMALL_GAIN:
         lines.append(f"Fusion ({fused:.3f}, {gain:+.3f} vs the encoder) leaned on the encoder and the LLM added "
                      "little: a weak LLM did not drag the fused model down. That robustness is the point; set "
@@ -277,8 +280,8 @@ def format_report(run: DemoRun) -> str:
     hits = int(run.fit_usage.get("cache_hits") or 0)
     if run.cache_existed and hits:
         out.append(f"  Reused the LLM cache ({CACHE_DIR}) of an earlier run: {hits:,} of {run.n_llm_scored:,} training "
-                   f"texts came from it" + (" (texts without a usable answer are asked again)." if run.abstained
-                                            else "; no request was needed for them."))
+                   f"texts came from it\n  " + ("(texts without a usable answer are asked again)." if run.abstained
+                                                else "(no request was needed for them)."))
     else:
         again = " except the texts without a usable answer" if run.abstained else ""
         out.append(f"  LLM answers are cached in {CACHE_DIR}: a second `make demo` asks the LLM nothing{again}.")

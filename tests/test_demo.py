@@ -1,0 +1,124 @@
+"""The demo's data preparation, abstaining LLM scores and report (the full run is `make demo`)."""
+from __future__ import annotations
+
+import bz2
+
+import numpy as np
+import pandas as pd
+import pytest
+from textclassify.runtime.errors import DataError, LLMError
+from textclassify.runtime.llm import LLMScorer
+from textclassify.train import demo
+from textclassify.train.config import validate_config
+
+
+def _metrics(acc: float, f1: float) -> dict[str, float]:
+    return {"accuracy": acc, "macro_f1": f1}
+
+
+def test_config_is_valid_and_local():
+    """The demo config passes validation: local provider, default GGUF, logprobs, MiniLM-sized lengths."""
+    cfg = validate_config(demo.demo_config("/models/minilm"))
+    assert (cfg["llm_provider"], cfg["llm_model"], cfg["ml_model"]) == ("local", None, "/models/minilm")
+    assert cfg["llm"]["score_method"] == "logprobs" and cfg["ml"]["max_length"] == 128
+    assert (cfg["cache_dir"], cfg["output_dir"]) == ("data/llm_cache", "demo_output")
+
+
+def test_load_movie_reviews_cleans_the_corpus(tmp_path):
+    """Empty and missing texts, duplicates, texts with two labels and unknown categories are dropped."""
+    rows = pd.DataFrame({
+        "category": ["fresh", "rotten", "plot", "fresh", "rotten", "fresh", "fresh", "other"],
+        "text": ["good", "bad", "a story", "good", "good", None, "  ", "meh"],
+        "movie_name": ["m"] * 8, "has_plot_and_reviews": [True] * 8,
+    })
+    path = tmp_path / "corpus.csv.bz2"
+    path.write_bytes(bz2.compress(rows.to_csv(index=False).encode()))
+    df = demo.load_movie_reviews(path)
+    assert df.to_dict("records") == [{"text": "bad", "label": "rotten"}, {"text": "a story", "label": "plot"}]
+
+
+def test_stratified_sample_is_disjoint_and_keeps_proportions():
+    """Train and test share no row and keep the label shares of the corpus."""
+    labels = ["fresh"] * 500 + ["rotten"] * 400 + ["plot"] * 100
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(1000)], "label": labels})
+    train, test = demo.stratified_sample(df, 200, 100)
+    assert len(train) == 200 and len(test) == 100
+    assert not set(train["text"]) & set(test["text"])
+    assert train["label"].value_counts().to_dict() == {"fresh": 100, "rotten": 80, "plot": 20}
+    assert test["label"].value_counts().to_dict() == {"fresh": 50, "rotten": 40, "plot": 10}
+    with pytest.raises(DataError) as info:
+        demo.stratified_sample(df, 950, 100)
+    assert str(info.value) == "asked for 950 training + 100 test rows but the corpus has 1000."
+
+
+def test_abstaining_scorer_gives_uniform_rows_for_unusable_answers(llm_server):
+    """A text whose answer names no label gets 1/C scores and is counted; the others keep their scores."""
+    labels = ["billing", "shipping", "technical"]
+    scorer = LLMScorer(llm_server.settings(score_method="logprobs", max_retries=0), labels, False, cache_dir=None)
+    texts = ["refund my invoice refund payment", "where is my parcel", "login error password crash"]
+    llm_server.inject("no_label_logprobs", times=1, text="parcel")
+    wrapped = demo.AbstainingScorer(scorer)
+    try:
+        scores = wrapped.score(texts)
+        assert wrapped.abstained == 1
+        np.testing.assert_allclose(scores[1], [1 / 3] * 3)
+        assert scores[0].argmax() == 0 and scores[2].argmax() == 2
+        assert wrapped.usage["requests"] == 3  # attributes pass through to the LLMScorer
+    finally:
+        scorer.close()
+
+
+def test_abstaining_scorer_still_raises_server_failures(llm_server):
+    """A server error is not an abstention: it raises LLMError as LLMScorer.score would."""
+    scorer = LLMScorer(llm_server.settings(score_method="logprobs", max_retries=0), ["a1", "b2"], False,
+                       cache_dir=None)
+    llm_server.inject("500", times=1)
+    try:
+        with pytest.raises(LLMError) as info:
+            demo.AbstainingScorer(scorer).score(["one text"])
+        assert info.value.status_code == 500
+    finally:
+        scorer.close()
+
+
+def test_verdict_says_when_fusion_leaned_on_the_encoder():
+    """A weak LLM and a fused score close to the encoder's: the report says the LLM added little."""
+    lines = demo.verdict({"ml": _metrics(0.8, 0.70), "llm": _metrics(0.5, 0.25), "fused": _metrics(0.8, 0.71),
+                          "stacker": _metrics(0.79, 0.69)})
+    assert lines == [
+        "The LLM is weak here: SmolLM2-135M alone reaches macro-F1 0.250, the fine-tuned encoder 0.700.",
+        "Fusion (0.710, +0.010 vs the encoder) leaned on the encoder and the LLM added little: a weak LLM did not "
+        "drag the fused model down. That robustness is the point; set llm_provider/llm_model to a stronger model "
+        "to let fusion gain from it.",
+        "The stacker baseline (logistic regression on the same inputs) reaches 0.690.",
+    ]
+
+
+@pytest.mark.parametrize(("llm", "fused", "start"), [
+    (0.25, 0.80, "Fusion adds +0.100"),
+    (0.25, 0.60, "Fusion (0.600) came out 0.100 below"),
+    (0.70, 0.71, "Fusion (0.710, +0.010) matches the encoder alone"),
+])
+def test_verdict_reports_gains_and_losses(llm, fused, start):
+    """A clear gain or loss against the encoder is named with its size; a strong LLM is not called weak."""
+    lines = demo.verdict({"ml": _metrics(0.8, 0.70), "llm": _metrics(0.5, llm), "fused": _metrics(0.8, fused)})
+    assert lines[1].startswith(start)
+    assert lines[0].startswith("The LLM is weak here" if llm < 0.5 else "The LLM alone (macro-F1 0.700)")
+
+
+def test_format_report_shows_models_usage_and_timings():
+    """The table has every model row, the bundle row, LLM usage per phase, stage times and the cache note."""
+    run = demo.DemoRun(
+        n_train=1200, n_test=300, label_counts={"fresh": 640, "rotten": 465, "plot": 95},
+        metrics={k: _metrics(0.5, 0.4) for k in ("ml", "llm", "llm_raw", "stacker", "fused")},
+        bundle_metrics=_metrics(0.51, 0.41), fit_usage={"requests": 10, "cache_hits": 590, "prompt_tokens": 1000},
+        predict_usage={"requests": 2, "cache_hits": 298}, timings={"fit_s": 300.0, "total_s": 400.0},
+        cache_existed=True, abstained=12, n_llm_scored=600, degraded_rows=3, llm_model="m.gguf",
+    )
+    text = demo.format_report(run)
+    assert "  Fused (ONNX bundle, fp32, torch-free)          0.510     0.410" in text
+    assert "  training (fit)                    10         590       1,000           0" in text
+    assert "SmolLM2 named no label in its top answer tokens for 12 of 600 texts (2%)" in text
+    assert "Reused the LLM cache (data/llm_cache) of an earlier run: 590 of 600 training texts came from it\n" in text
+    assert "(3 bundle rows had no LLM score and were answered by the encoder alone)" in text
+    assert "  total                                      400.0 s" in text
