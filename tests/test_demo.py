@@ -20,7 +20,7 @@ def test_config_is_valid_and_local():
     """The demo config passes validation: local provider, default GGUF, logprobs, MiniLM-sized lengths."""
     cfg = validate_config(demo.demo_config("/models/minilm"))
     assert (cfg["llm_provider"], cfg["llm_model"], cfg["ml_model"]) == ("local", None, "/models/minilm")
-    assert cfg["llm"]["score_method"] == "logprobs" and cfg["ml"]["max_length"] == 128
+    assert cfg["llm"]["score_method"] == "logprobs" and cfg["ml"]["max_length"] == 64
     assert (cfg["cache_dir"], cfg["output_dir"]) == ("data/llm_cache", "demo_output")
 
 
