@@ -6,6 +6,7 @@ import bz2
 import numpy as np
 import pandas as pd
 import pytest
+
 from textclassify.runtime.errors import DataError, LLMError
 from textclassify.runtime.llm import LLMScorer
 from textclassify.train import demo

@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from textclassify.runtime import constants as K
 from textclassify.train import demo_assets as da
 

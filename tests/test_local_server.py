@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ConfigError, MissingDependencyError
 from textclassify.runtime.llm import local_server as ls

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from textclassify.runtime.errors import DataError, LLMResponseError, TextClassifyError
 from textclassify.train.auto import AutoFusionClassifier
 from textclassify.train.demo_assets import FETCH_COMMAND, DemoPaths, minilm_path
