@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
 
@@ -233,9 +234,10 @@ class _ExportRun:
                               f"not match PyTorch ({len(problems)} mismatch(es)): " + "; ".join(problems))
 
     def _tokenizer(self) -> None:
+        from tokenizers import Tokenizer
+
         from textclassify.export.bundle_writer import bundle_tokenizer
         from textclassify.runtime.tokenization import BundleTokenizer
-        from tokenizers import Tokenizer
 
         self.say(f"writing {K.TOKENIZER_FILE} (truncation to {self.max_length} tokens, padding to the longest)")
         text, self.tokenizer_entry = bundle_tokenizer(self.fitted.tokenizer_, self.max_length)
@@ -245,6 +247,7 @@ class _ExportRun:
 
     def _calibrator(self) -> None:
         import onnx
+
         from textclassify.export.calibrator_onnx import calibrator_to_onnx
         from textclassify.export.parity import check_calibrator
 
@@ -347,6 +350,7 @@ class _ExportRun:
 
     def _fp16(self) -> None:
         import onnxruntime as ort
+
         from textclassify.export.variants import convert_fp16
 
         self.say(f"converting {K.MODEL_FP16_FILE} (float16 weights, float32 inputs and outputs)")

@@ -18,10 +18,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
+
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
 from textclassify.runtime.manifest import BUNDLE_FORMAT, sha256_file
-from tokenizers import Tokenizer
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100

@@ -5,6 +5,7 @@ import sys
 from typing import Any
 
 import click
+
 from textclassify.runtime import constants as K
 
 EPILOG = """\b

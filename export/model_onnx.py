@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from torch import nn
+
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
-from torch import nn
 
 
 @dataclass(frozen=True)

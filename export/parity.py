@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from textclassify.export.model_onnx import GraphSpec, as_feeds, eval_mode
 from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import logits_to_probabilities
@@ -126,6 +127,7 @@ def torch_reference(model: Any, data: ParityData, max_length: int,
 def open_session(path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
     """An InferenceSession with the runtime's own session options."""
     import onnxruntime as ort
+
     from textclassify.runtime.sessions import session_options
 
     return ort.InferenceSession(str(path), sess_options=session_options(), providers=list(providers))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+
 from textclassify.runtime.errors import ExportError
 
 

@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
+from tests.support.data import LABELS, make_tickets
+from tests.support.fitted_model import make_fitted_model, raw_scores
 from textclassify.export import export_bundle, model_onnx, optimize
 from textclassify.export.api import LLM_MANIFEST_KEYS
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
 from textclassify.runtime.manifest import load_manifest
-
-from tests.support.data import LABELS, make_tickets
-from tests.support.fitted_model import make_fitted_model, raw_scores
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
+from transformers import AutoTokenizer
+
 from textclassify.export import bundle_writer
 from textclassify.export.bundle_writer import BundleStage, bundle_tokenizer, check_target, jsonable
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
-from tokenizers import Tokenizer
-from transformers import AutoTokenizer
 
 MANIFEST = {"format": "textclassify-bundle", "format_version": 1}
 

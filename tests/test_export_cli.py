@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from textclassify.export.cli import main
-from textclassify.runtime import constants as K
-from textclassify.runtime import load_bundle
 
 from tests.support.data import make_tickets
 from tests.support.llm_server import FakeLLMServer
 from textclassify import AutoFusionClassifier
+from textclassify.export.cli import main
+from textclassify.runtime import constants as K
+from textclassify.runtime import load_bundle
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,12 +6,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
+from tests.support.data import LABELS, make_tickets
 from textclassify.export.model_onnx import GraphSpec, as_feeds, eager_attention, export_model_onnx
 from textclassify.runtime.errors import ExportError
 from textclassify.train.encoder import load_encoder
 from textclassify.train.fusion_model import FusionMLP, FusionWrapper
-
-from tests.support.data import LABELS, make_tickets
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
+
 from textclassify.export.model_onnx import GraphSpec
 from textclassify.export.parity import (
     Outputs,
@@ -14,7 +16,6 @@ from textclassify.export.parity import (
     parity_data,
 )
 from textclassify.runtime.errors import ExportError
-from transformers import AutoTokenizer
 
 FUSED = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5], [-1.0, -2.0, 3.0]], dtype=np.float32)
 ML = np.zeros((3, 3), dtype=np.float32)

@@ -6,6 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from textclassify.export.variants import convert_fp16, quantize_int8
 from textclassify.runtime.errors import ExportError
 

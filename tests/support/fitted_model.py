@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from tests.support.data import keyword_scores, make_tickets
 from textclassify.runtime.decoding import encode_targets
 from textclassify.runtime.llm.settings import LLMSettings
 from textclassify.train.calibration import fit_calibrator
 from textclassify.train.encoder import load_encoder
 from textclassify.train.fusion_model import FusionMLP, FusionWrapper
-
-from tests.support.data import keyword_scores, make_tickets
 
 MAX_LENGTH = 64
 
