@@ -25,7 +25,7 @@ def make_config(server: FakeLLMServer, model_dir: str, tmp_path, multi_label: bo
         **server.config_overrides(), "label_columns": LABELS if multi_label else ["topic"],
         "multi_label": multi_label, "ml_model": model_dir, "cache_dir": str(tmp_path / "cache"),
         "output_dir": str(tmp_path / "out"), "llm": {"score_method": "json", "timeout_s": 5, "max_retries": 2},
-        "ml": {"num_epochs": 3, "max_length": 48, "learning_rate": 5e-4, "batch_size": 16},
+        "ml": {"num_epochs": 3, "max_length": 16, "learning_rate": 1e-3, "batch_size": 16},
         "fusion": {"num_epochs": 2, "ml_lr": 1e-4}, **extra,
     }
 
