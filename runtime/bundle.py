@@ -58,6 +58,7 @@ def load_bundle(
         if variant == "auto" and chosen == "fp16":  # onnxruntime-gpu fell back to CPU: fp16 is a CUDA variant
             chosen = "fp32"
             model = _open_model(manifest, chosen, provider_list, options)
+    manifest.verified_bytes.clear()  # the sessions hold what they need; unused variants' bytes go
     scorer = LLMScorer(settings, manifest.labels, manifest.multi_label,
                        cache_dir=None if cache_dir is None else os.fspath(cache_dir), api_key=llm_api_key)
     bundle = Bundle(manifest=manifest, tokenizer=tokenizer, calibrator=calibrator, model=model, scorer=scorer,
