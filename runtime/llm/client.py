@@ -107,7 +107,11 @@ class LLMScorer:
                               f"(got {settings.max_concurrency}, {settings.timeout_s}, {settings.max_retries})")
         if settings.provider == "local":
             self._base_url: str | None = None  # known once the local server runs
-            self._key_base_url, self.model = "local", settings.model or "default"
+            from textclassify.runtime.llm.local_server import local_model_name
+
+            # The GGUF's file name, also when llm_model is None (the default GGUF, or $TEXTCLASSIFY_LOCAL_GGUF):
+            # answers of different models never share cache rows.
+            self._key_base_url, self.model = "local", local_model_name(settings.model)
         else:
             base_url = settings.base_url or preset.base_url
             if not base_url:
