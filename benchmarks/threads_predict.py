@@ -26,19 +26,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from textclassify.runtime import load_bundle  # noqa: E402
-
 from tests.support.data import LABELS, make_tickets  # noqa: E402
 from tests.support.llm_server import FakeLLMServer  # noqa: E402
+from textclassify.runtime import load_bundle  # noqa: E402
 
 
 def build_tiny_bundle(workdir: Path) -> Path:
     """Export the tests' small fitted model (tiny RoBERTa + trained MLP + calibrator) to a bundle."""
     import torch
-    from textclassify.export import export_bundle
 
     from tests.support.fitted_model import make_fitted_model
     from tests.support.tiny_model import build_tiny_roberta
+    from textclassify.export import export_bundle
 
     torch.set_num_threads(1)
     texts = [t for t, _ in make_tickets(400, seed=1)]

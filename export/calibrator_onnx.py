@@ -18,6 +18,7 @@ from skl2onnx.algebra.onnx_operator import OnnxSubEstimator
 from skl2onnx.algebra.onnx_ops import OnnxConcat, OnnxGather
 from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 from sklearn.isotonic import IsotonicRegression
+
 from textclassify.runtime import constants
 from textclassify.runtime.errors import ExportError
 from textclassify.train.calibration import IsotonicCalibrator, TemperatureCalibrator

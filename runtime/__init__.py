@@ -16,10 +16,10 @@ from textclassify.runtime.errors import (
 )
 from textclassify.runtime.types import ClassificationResult, ClassificationType, TrainingData
 
-__all__ = sorted([
+__all__ = [
     "BundleError", "ClassificationResult", "ClassificationType", "ConfigError", "DataError", "LLMError",
     "TextClassifyError", "TrainingData", "load_bundle",
-])
+]
 
 
 def __getattr__(name: str) -> Any:

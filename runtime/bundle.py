@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import decode_predictions, encode_targets, logits_to_probabilities
 from textclassify.runtime.errors import BundleError, ConfigError, DataError, LLMError

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tqdm import tqdm
+
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import DataError, TextClassifyError
-from tqdm import tqdm
 
 CHUNK_ROWS = 512  # texts per predict call: progress granularity, and enough for the LLM's concurrency
 SUMMARY_SUFFIX = ".summary.json"

@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from textclassify.runtime.errors import BundleError, ConfigError, MissingDependencyError
 
 CPU = "CPUExecutionProvider"

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from tokenizers import Tokenizer
+
 from textclassify.runtime.errors import BundleError, DataError
 from textclassify.runtime.manifest import BundleManifest, read_verified
-from tokenizers import Tokenizer
 
 
 class BundleTokenizer:

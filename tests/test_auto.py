@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from textclassify import AutoFusionClassifier
-from textclassify.runtime.errors import DataError, NotFittedError
 from tests.support.data import LABELS, make_tickets
 from tests.support.llm_server import FakeLLMServer
+from textclassify import AutoFusionClassifier
+from textclassify.runtime.errors import DataError, NotFittedError
 
 
 def tickets_frame(n: int, seed: int, multi_label: bool) -> pd.DataFrame:
@@ -118,7 +118,8 @@ def test_predict_input_errors(fitted_multiclass):
         clf.predict(["fine", None])
     with pytest.raises(DataError, match="got a single str; pass \\[text\\] instead"):
         clf.predict("one text")
-    with pytest.raises(NotFittedError, match="^This AutoFusionClassifier instance is not fitted yet. Call 'fit' first.$"):
+    not_fitted = "^This AutoFusionClassifier instance is not fitted yet. Call 'fit' first.$"
+    with pytest.raises(NotFittedError, match=not_fitted):
         AutoFusionClassifier({}).predict(["x"])
 
 

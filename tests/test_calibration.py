@@ -5,9 +5,10 @@ import json
 
 import numpy as np
 import pytest
+
+from textclassify.runtime import constants
 from textclassify.runtime.decoding import softmax
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
-from textclassify.runtime import constants
 from textclassify.train.calibration import (
     IsotonicCalibrator,
     TemperatureCalibrator,
@@ -110,7 +111,7 @@ def test_report_log_loss_not_worse_after_temperature():
 
 
 def test_isotonic_fits_one_regressor_per_label_and_improves_log_loss():
-    """One clipped IsotonicRegression per label; calibrated scores stay within ISOTONIC_BOUNDS and lower the log loss."""
+    """One clipped IsotonicRegression per label; scores stay within ISOTONIC_BOUNDS and lower the log loss."""
     raw, Y = _multilabel(1500)
     cal = fit_calibrator(raw, Y, multi_label=True)
     assert isinstance(cal, IsotonicCalibrator) and len(cal.regressors_) == 3

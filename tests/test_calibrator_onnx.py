@@ -8,6 +8,7 @@ import pytest
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.isotonic import IsotonicRegression
+
 from textclassify.export.calibrator_onnx import calibrator_to_onnx, run_calibrator_onnx
 from textclassify.runtime import constants
 from textclassify.runtime.errors import ExportError

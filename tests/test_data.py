@@ -74,7 +74,8 @@ def test_duplicate_column_names():
 
 def test_long_text_is_accepted():
     """A 100,000-character text is valid input (the tokenizer truncates it later)."""
-    td = dataframe_to_training_data(frame(["a" * 100_000, "b", "c", "d"], ["x", "y", "x", "y"]), "text", ["label"], False)
+    df = frame(["a" * 100_000, "b", "c", "d"], ["x", "y", "x", "y"])
+    td = dataframe_to_training_data(df, "text", ["label"], False)
     assert len(td.texts[0]) == 100_000
 
 

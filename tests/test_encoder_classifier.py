@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from tests.support.data import LABELS, make_tickets
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
 from textclassify.runtime.types import ClassificationType, TrainingData
 from textclassify.train.encoder_classifier import RoBERTaClassifier
-
-from tests.support.data import LABELS, make_tickets
 
 torch.set_num_threads(1)
 

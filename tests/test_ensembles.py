@@ -7,15 +7,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+
+from tests.support.data import LABELS, make_tickets
+from tests.support.llm_server import FakeLLMServer
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
 from textclassify.runtime.types import ClassificationType, TrainingData
 from textclassify.train.encoder_classifier import RoBERTaClassifier
 from textclassify.train.ensembles import EnsembleConfig, FusionEnsemble, VotingEnsemble, WeightedEnsemble
 from textclassify.train.fusion_utils import result_from_probabilities
 from textclassify.train.llm_classifiers import OpenAICompatibleClassifier
-
-from tests.support.data import LABELS, make_tickets
-from tests.support.llm_server import FakeLLMServer
 
 torch.set_num_threads(1)
 

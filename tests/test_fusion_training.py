@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tests.support.data import LABELS, keyword_scores, make_tickets
 from textclassify.train.encoder import encoder_logits, load_encoder
 from textclassify.train.fusion_model import FusionMLP, FusionWrapper
 from textclassify.train.fusion_training import build_joint_optimizer, predict_fused_logits, train_fusion
-from tests.support.data import LABELS, keyword_scores, make_tickets
 
 FUSION = {"hidden_dims": [16, 8], "dropout": 0.0, "ml_lr": 1e-5, "fusion_lr": 1e-3, "num_epochs": 2,
           "batch_size": 16, "warmup_epochs": 200, "val_split": 0.25, "early_stopping_patience": 3}

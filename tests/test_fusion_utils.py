@@ -5,15 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from tests.support.data import LABELS, make_tickets
+from tests.support.llm_server import FakeLLMServer
 from textclassify.runtime.errors import ConfigError, DataError
 from textclassify.runtime.types import ClassificationType, TrainingData
 from textclassify.train.encoder_classifier import RoBERTaClassifier
 from textclassify.train.ensembles import EnsembleConfig, FusionEnsemble
 from textclassify.train.fusion_utils import FusionUtils
 from textclassify.train.llm_classifiers import GeminiClassifier
-
-from tests.support.data import LABELS, make_tickets
-from tests.support.llm_server import FakeLLMServer
 
 torch.set_num_threads(1)
 

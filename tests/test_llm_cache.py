@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.llm_server import FakeLLMServer
 from textclassify.runtime.errors import CacheError
 from textclassify.runtime.llm import LLMScorer
 from textclassify.runtime.llm.cache import CACHE_FILE, ScoreCache, resolution_key, score_key
-
-from tests.support.llm_server import FakeLLMServer
 
 LABELS = ["billing", "shipping", "technical"]
 KEY_PARTS = dict(provider="openai-compatible", model="fake", base_url="http://h/v1", prompt_version="v1",

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from tests.support.data import LABELS, make_tickets
+from tests.support.llm_server import FakeLLMServer
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
 from textclassify.runtime.types import ClassificationType, TrainingData
 from textclassify.train.llm_classifiers import (
@@ -12,9 +15,6 @@ from textclassify.train.llm_classifiers import (
     OpenAICompatibleClassifier,
     raw_scores_to_probabilities,
 )
-
-from tests.support.data import LABELS, make_tickets
-from tests.support.llm_server import FakeLLMServer
 
 
 def _data(n: int, seed: int, multi_label: bool = False) -> TrainingData:

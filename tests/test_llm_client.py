@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from textclassify.runtime.errors import ConfigError, DataError
-from textclassify.runtime.llm import LLMScorer, LLMSettings
 
 from tests.support.data import LABELS, keyword_scores, make_tickets
 from tests.support.llm_server import FakeLLMServer
+from textclassify.runtime.errors import ConfigError, DataError
+from textclassify.runtime.llm import LLMScorer, LLMSettings
 
 TEXTS = [t for t, _ in make_tickets(12, seed=5)]
 ML_TEXTS = [t for t, _ in make_tickets(12, seed=6, multi_label=True)]

@@ -9,11 +9,11 @@ import traceback
 
 import numpy as np
 import pytest
-from textclassify.runtime.errors import LLMError, LLMResponseError
-from textclassify.runtime.llm import LLMScorer, LLMSettings
 
 from tests.support.data import LABELS, keyword_scores, make_tickets
 from tests.support.llm_server import FakeLLMServer
+from textclassify.runtime.errors import LLMError, LLMResponseError
+from textclassify.runtime.llm import LLMScorer, LLMSettings
 
 TEXTS = [t for t, _ in make_tickets(6, seed=9)]
 KEY = "sk-test-SECRET123"

@@ -6,6 +6,7 @@ import math
 import time
 
 import pytest
+
 from textclassify.runtime.errors import LLMResponseError
 from textclassify.runtime.llm import parsing as P
 

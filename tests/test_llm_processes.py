@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from textclassify.runtime.llm import LLMScorer
-from textclassify.runtime.llm.cache import ScoreCache, score_key
 
 from tests.support.data import LABELS, keyword_scores, make_tickets
 from tests.support.llm_server import FakeLLMServer
+from textclassify.runtime.llm import LLMScorer
+from textclassify.runtime.llm.cache import ScoreCache, score_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORE_SCRIPT = """

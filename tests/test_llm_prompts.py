@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import pytest
-from textclassify.runtime.llm.prompts import build_messages, label_codes, labels_need_codes, one_line
 
 from tests.support.llm_server import parse_prompt
+from textclassify.runtime.llm.prompts import build_messages, label_codes, labels_need_codes, one_line
 
 LABELS = ["billing", "shipping", "technical"]
 

@@ -23,16 +23,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from textclassify.runtime import constants as K
-from textclassify.runtime import load_bundle
-from textclassify.runtime import tokenization as runtime_tokenization
-from textclassify.runtime.errors import BundleError
-from textclassify.train.config import validate_config
 
 from tests.support.data import LABELS, make_tickets
 from tests.support.fitted_model import make_fitted_model
 from tests.support.llm_server import FakeLLMServer
 from textclassify import AutoFusionClassifier
+from textclassify.runtime import constants as K
+from textclassify.runtime import load_bundle
+from textclassify.runtime import tokenization as runtime_tokenization
+from textclassify.runtime.errors import BundleError
+from textclassify.train.config import validate_config
 
 FITTED_ATTRIBUTES = ("model_", "tokenizer_", "calibrator_", "labels_", "multi_label_", "thresholds_",
                      "max_length_", "metrics_", "validation_")

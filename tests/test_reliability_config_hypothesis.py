@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from textclassify.runtime.errors import ConfigError
 from textclassify.runtime.llm.providers import PROVIDERS
 from textclassify.train.config import DEFAULT_CONFIG, RULES, validate_config

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from textclassify.export import export_bundle
-from textclassify.runtime import constants as K
-from textclassify.runtime.manifest import load_manifest
-from textclassify.train.config import validate_config
 
 from tests.support.data import LABELS
 from tests.support.fitted_model import make_fitted_model
 from textclassify import AutoFusionClassifier
+from textclassify.export import export_bundle
+from textclassify.runtime import constants as K
+from textclassify.runtime.manifest import load_manifest
+from textclassify.train.config import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FUSION_EXPORT = Path(sys.executable).with_name("fusion-export")

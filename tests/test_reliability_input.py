@@ -15,6 +15,10 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+
+from tests.support.data import make_tickets
+from tests.support.llm_server import FakeLLMServer
+from textclassify import AutoFusionClassifier
 from textclassify.runtime import load_bundle
 from textclassify.runtime.constants import LLM_MAX_TEXT_CHARS
 from textclassify.runtime.decoding import softmax
@@ -22,10 +26,6 @@ from textclassify.runtime.errors import DataError, LLMError
 from textclassify.runtime.types import ClassificationType, TrainingData
 from textclassify.train.cli import main as train_main
 from textclassify.train.encoder import encoder_logits
-
-from tests.support.data import make_tickets
-from tests.support.llm_server import FakeLLMServer
-from textclassify import AutoFusionClassifier
 
 LONG = 100_000
 LABELS = ["billing", "shipping", "technical"]

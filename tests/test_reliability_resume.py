@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from textclassify.runtime import constants as K
-from textclassify.runtime.llm.cache import ScoreCache, score_key
 
 from tests.support.data import make_tickets
 from tests.support.llm_server import FakeLLMServer
 from textclassify import AutoFusionClassifier
+from textclassify.runtime import constants as K
+from textclassify.runtime.llm.cache import ScoreCache, score_key
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ROWS = 150

@@ -20,14 +20,14 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from textclassify.runtime import load_bundle
-from textclassify.runtime.errors import LLMError
-from textclassify.runtime.predict_cli import main as predict_main
-from textclassify.train.cli import main as train_main
 
 from tests.support.data import make_tickets
 from tests.support.llm_server import FakeLLMServer
 from textclassify import AutoFusionClassifier
+from textclassify.runtime import load_bundle
+from textclassify.runtime.errors import LLMError
+from textclassify.runtime.predict_cli import main as predict_main
+from textclassify.train.cli import main as train_main
 
 KEY = "sk-test-LEAK-1234567890"
 # The key itself, its distinctive tail, and the forms an HTTP layer could write it in.

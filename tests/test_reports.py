@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+
 from textclassify.runtime.errors import DataError
 from textclassify.runtime.metrics import classification_metrics
 from textclassify.train.reports import check_held_out, format_summary, write_report

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from textclassify.runtime import load_bundle
-from textclassify.runtime.decoding import logits_to_probabilities
-from textclassify.runtime.errors import BundleError, ConfigError, DataError, LLMError
-from textclassify.runtime.llm import LLMScorer
-from textclassify.runtime.tokenization import BundleTokenizer
 from tokenizers import Tokenizer
 
 from tests.support.data import make_tickets
 from tests.support.llm_server import FakeLLMServer
 from tests.support.toy_bundle import ToyWeights, read_manifest, toy_reference, write_manifest, write_toy_bundle
+from textclassify.runtime import load_bundle
+from textclassify.runtime.decoding import logits_to_probabilities
+from textclassify.runtime.errors import BundleError, ConfigError, DataError, LLMError
+from textclassify.runtime.llm import LLMScorer
+from textclassify.runtime.tokenization import BundleTokenizer
 
 LABELS = ["billing", "shipping", "technical"]
 LLM = {"provider": "openai-compatible", "model": "fake", "base_url": "http://127.0.0.1:9/v1", "temperature": 0.0,

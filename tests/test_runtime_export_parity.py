@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from textclassify.runtime import load_bundle
-from textclassify.runtime.llm.settings import LLMSettings
 
 from tests.support.data import LABELS, make_tickets
 from tests.support.fitted_model import make_fitted_model
 from tests.support.llm_server import FakeLLMServer
+from textclassify.runtime import load_bundle
+from textclassify.runtime.llm.settings import LLMSettings
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,9 @@ def server():
 def _classifier(tiny_roberta_dir: str, server: FakeLLMServer, multi_label: bool, cache: Path):
     """An AutoFusionClassifier holding make_fitted_model's state, assembled the way `load` assembles one."""
     import torch
-    from textclassify.train.config import validate_config
 
     from textclassify import AutoFusionClassifier
+    from textclassify.train.config import validate_config
 
     torch.set_num_threads(1)
     fitted = make_fitted_model(tiny_roberta_dir, LABELS, multi_label)

@@ -8,11 +8,11 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from textclassify.runtime import load_bundle
 
 from tests.support.data import make_tickets
 from tests.support.llm_server import FakeLLMServer
 from tests.support.toy_bundle import write_toy_bundle
+from textclassify.runtime import load_bundle
 
 BLOCKED = ("torch", "transformers", "sklearn", "pandas", "textclassify.train", "textclassify.export")
 SCRIPT = textwrap.dedent("""

@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from textclassify.runtime.errors import BundleError
-from textclassify.runtime.manifest import load_manifest, read_verified, sha256_file
 
 from tests.support.toy_bundle import read_manifest, write_manifest, write_toy_bundle
+from textclassify.runtime.errors import BundleError
+from textclassify.runtime.manifest import load_manifest, read_verified, sha256_file
 
 LABELS = ["billing", "shipping", "technical"]
 LLM = {"provider": "openai-compatible", "model": "toy", "base_url": "http://127.0.0.1:9/v1",

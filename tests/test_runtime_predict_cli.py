@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from textclassify.runtime import load_bundle
-from textclassify.runtime.predict_cli import main
 
 from tests.support.data import make_tickets
 from tests.support.llm_server import FakeLLMServer
 from tests.support.toy_bundle import write_toy_bundle
+from textclassify.runtime import load_bundle
+from textclassify.runtime.predict_cli import main
 
 LABELS = ["billing", "shipping", "technical"]
 LLM = {"provider": "openai-compatible", "model": "fake", "base_url": "http://127.0.0.1:9/v1",

@@ -6,6 +6,8 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+from tests.support.toy_bundle import build_calibrator, build_model, toy_weights
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import BundleError, ConfigError, MissingDependencyError
 from textclassify.runtime.sessions import (
@@ -14,8 +16,6 @@ from textclassify.runtime.sessions import (
     resolve_providers,
     session_options,
 )
-
-from tests.support.toy_bundle import build_calibrator, build_model, toy_weights
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from textclassify.runtime.errors import BundleError, DataError
-from textclassify.runtime.manifest import load_manifest
-from textclassify.runtime.tokenization import BundleTokenizer
 from tokenizers import Tokenizer
 
 from tests.support.data import make_tickets
 from tests.support.toy_bundle import read_manifest, write_manifest, write_toy_bundle
+from textclassify.runtime.errors import BundleError, DataError
+from textclassify.runtime.manifest import load_manifest
+from textclassify.runtime.tokenization import BundleTokenizer
 
 TEXTS = ["", "hi", "refund my card please", " ".join(["parcel late again"] * 40),
          "ünïcödé and emoji 🚀 text", "ticket 7: crash after update, login error urgent"] + \

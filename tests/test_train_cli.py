@@ -8,12 +8,12 @@ import socket
 import pandas as pd
 import torch
 from click.testing import CliRunner
+
+from tests.support.data import LABELS, make_tickets
 from textclassify.runtime.errors import ConfigError
 from textclassify.train.cli import main
 from textclassify.train.config import validate_config
 from textclassify.train.yaml_config import load_config
-
-from tests.support.data import LABELS, make_tickets
 
 
 def _run(*args: str):

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from textclassify.runtime.errors import ConfigError
 from textclassify.train.config import DEFAULT_CONFIG, validate_config
 from textclassify.train.yaml_config import (

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from textclassify.runtime.decoding import decode_predictions, encode_targets, logits_to_probabilities
 from textclassify.runtime.errors import DataError, NotFittedError
 from textclassify.runtime.llm.settings import LLMSettings
@@ -70,7 +71,9 @@ class AutoFusionClassifier:
         """Train on a DataFrame (or TrainingData); metrics on `eval_data` if given, else on fusion-val."""
         cfg = validate_config(self.config)
         train = self._to_training_data(data, cfg, "data")
-        evaluation = self._to_training_data(eval_data, cfg, "eval_data", train.label_names) if eval_data is not None else None
+        evaluation = None
+        if eval_data is not None:
+            evaluation = self._to_training_data(eval_data, cfg, "eval_data", train.label_names)
         labels, multi = list(train.label_names), train.is_multi_label
         targets = encode_targets(train.labels, labels, multi)
         splits = make_splits(targets, multi, cfg["fusion_split"], cfg["ml"]["val_split"], cfg["fusion"]["val_split"],
@@ -90,6 +93,7 @@ class AutoFusionClassifier:
         timings["llm_scoring_s"] = time.perf_counter() - t
 
         import torch
+
         from textclassify.train.encoder import (
             effective_max_length,
             encoder_logits,
@@ -118,7 +122,9 @@ class AutoFusionClassifier:
         held_texts = evaluation.texts if evaluation is not None else pick(splits.fusion_val)
         logits_train = encoder_logits(encoder, tokenizer, pick(splits.fusion_train), max_length, bs)
         logits_val = encoder_logits(encoder, tokenizer, pick(splits.fusion_val), max_length, bs)
-        logits_held = encoder_logits(encoder, tokenizer, held_texts, max_length, bs) if evaluation is not None else logits_val
+        logits_held = logits_val
+        if evaluation is not None:
+            logits_held = encoder_logits(encoder, tokenizer, held_texts, max_length, bs)
 
         from textclassify.train.fusion_training import predict_fused_logits, train_fusion
         from textclassify.train.stacker import fit_stacker, stacker_probabilities
@@ -134,10 +140,13 @@ class AutoFusionClassifier:
 
         # Held-out metrics for every model side by side.
         thresholds = [0.5] * len(labels) if multi else None
-        held_targets = encode_targets(evaluation.labels, labels, multi) if evaluation is not None else targets[splits.fusion_val]
-        held_raw = raw_eval if evaluation is not None else raw_val
+        if evaluation is not None:
+            held_targets, held_raw = encode_targets(evaluation.labels, labels, multi), raw_eval
+        else:
+            held_targets, held_raw = targets[splits.fusion_val], raw_val
         held_cal = calibrator.transform(held_raw)
-        ml_final, fused = predict_fused_logits(wrapper, tokenizer, held_texts, held_cal, max_length=max_length, batch_size=bs)
+        ml_final, fused = predict_fused_logits(wrapper, tokenizer, held_texts, held_cal, max_length=max_length,
+                                               batch_size=bs)
         candidates = {
             "ml": logits_to_probabilities(ml_final, multi),
             "ml_stage1": logits_to_probabilities(logits_held, multi),
@@ -165,7 +174,8 @@ class AutoFusionClassifier:
             "calibration": calibration_report(held_raw, held_cal, held_targets, multi),
             "llm_usage": dict(scorer.usage),
             "llm_score_method": scorer.score_method,
-            "splits": {k: int(len(getattr(splits, k))) for k in ("stage1_train", "stage1_val", "fusion_train", "fusion_val")},
+            "splits": {k: int(len(getattr(splits, k)))
+                       for k in ("stage1_train", "stage1_val", "fusion_train", "fusion_val")},
             "history": {"stage1": hist1.to_dict(), "stage2": hist2.to_dict()},
             "timings": timings,
             "max_length": max_length,
@@ -239,7 +249,8 @@ class AutoFusionClassifier:
             metadata["metrics"] = classification_metrics(
                 y, _predictions_to_targets(probs, self.multi_label_, self.thresholds_ or []), self.labels_,
                 self.multi_label_)
-        return ClassificationResult(predictions=preds, probabilities=probs, labels=list(self.labels_), metadata=metadata)
+        return ClassificationResult(predictions=preds, probabilities=probs, labels=list(self.labels_),
+                                    metadata=metadata)
 
     def _predict(self, texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
         self._check_fitted()

@@ -15,6 +15,7 @@ import sklearn
 from scipy.optimize import minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
+
 from textclassify.runtime import constants
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
 from textclassify.runtime.metrics import expected_calibration_error, log_loss
@@ -194,7 +195,7 @@ def _isotonic_from_state(d: dict) -> IsotonicRegression:
 
 
 class IsotonicCalibrator:
-    """Multi-label calibration: one IsotonicRegression(out_of_bounds='clip', y_min/y_max = ISOTONIC_BOUNDS) per label."""
+    """Multi-label calibration: one clipped IsotonicRegression per label, bounded by ISOTONIC_BOUNDS."""
 
     def fit(self, raw_scores: np.ndarray, Y: np.ndarray) -> IsotonicCalibrator:
         """Fit one increasing isotonic curve per label on 0/1 targets `Y` [n, C]."""

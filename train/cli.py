@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from textclassify.runtime.errors import ConfigError, TextClassifyError
 from textclassify.train.yaml_config import (
     TrainConfig,
@@ -86,9 +87,10 @@ def train_from_config(cfg: TrainConfig, *, progress: bool = True) -> dict[str, A
 
     train_df = read_csv(cfg.train_path)
     test_df = read_csv(cfg.test_path) if cfg.test_path else None  # both files are read before any training
+    from transformers.utils import logging as hf_logging
+
     from textclassify.train.auto import AutoFusionClassifier
     from textclassify.train.reports import REPORT_DIR
-    from transformers.utils import logging as hf_logging
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
     if not progress:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+
 from textclassify.runtime.errors import DataError
 from textclassify.runtime.types import ClassificationType, TrainingData
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from textclassify.runtime.errors import ConfigError
 from torch import nn
 from tqdm.auto import tqdm
+
+from textclassify.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ def train_encoder(model: nn.Module, tokenizer: Any, train_texts: Sequence[str], 
         val_loss = evaluate_loss(model, tokenizer, val_texts, val_targets, multi_label, max_length, batch_size)
         history.val_loss.append(val_loss)
         if val_loss < best_loss - 1e-6:
-            best_loss, best_state, history.best_epoch, bad_epochs = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
+            best_loss, best_state, bad_epochs = val_loss, copy.deepcopy(model.state_dict()), 0
+            history.best_epoch = epoch
         else:
             bad_epochs += 1
             if bad_epochs >= ml["early_stopping_patience"]:

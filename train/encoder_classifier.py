@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import encode_targets, logits_to_probabilities
 from textclassify.runtime.errors import ConfigError, NotFittedError

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
 from textclassify.train.encoder import loss_function, pick_device, targets_tensor, tokenize
 from textclassify.train.fusion_model import FusionMLP, FusionWrapper
-from tqdm.auto import tqdm
 
 
 @dataclass
@@ -53,7 +54,8 @@ def warm_up_mlp(mlp: FusionMLP, train_features: np.ndarray, train_targets: np.nd
     """Train the MLP alone on concat(stage-1 logits, calibrated scores); keeps its best val state."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x_tr, x_va = torch.as_tensor(train_features, dtype=torch.float32), torch.as_tensor(val_features, dtype=torch.float32)
+    x_tr = torch.as_tensor(train_features, dtype=torch.float32)
+    x_va = torch.as_tensor(val_features, dtype=torch.float32)
     y_tr, y_va = targets_tensor(train_targets, multi_label), targets_tensor(val_targets, multi_label)
     loss_fn = loss_function(multi_label)
     mlp.set_feature_scaling(x_tr)
@@ -157,7 +159,8 @@ def train_fusion(encoder: torch.nn.Module, tokenizer: Any, *, train_texts: Seque
         bar.update(1)
         bar.set_postfix(val_loss=f"{val:.3f}")
         if val < best - 1e-7:
-            best, best_state, history.kept, bad = val, copy.deepcopy(wrapper.state_dict()), f"joint epoch {epoch + 1}", 0
+            best, best_state, bad = val, copy.deepcopy(wrapper.state_dict()), 0
+            history.kept = f"joint epoch {epoch + 1}"
         else:
             bad += 1
             if bad >= fusion["early_stopping_patience"]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from textclassify.runtime.decoding import encode_targets
 from textclassify.runtime.errors import ConfigError, DataError
 from textclassify.runtime.metrics import classification_metrics

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+
 from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import encode_targets
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError

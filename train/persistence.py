@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from textclassify.runtime.errors import BundleError
 
 MODEL_FORMAT = "textclassify-model"

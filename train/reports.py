@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from textclassify.runtime.errors import DataError
 from textclassify.runtime.metrics import classification_metrics, expected_calibration_error, log_loss
 from textclassify.train import persistence

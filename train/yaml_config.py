@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
+
 from textclassify.runtime.errors import ConfigError
 from textclassify.train.config import DEFAULT_CONFIG, RULES, validate_config
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from tqdm import tqdm
+
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ConfigError, DataError, LLMError, LLMResponseError
 from textclassify.runtime.llm import parsing as P
@@ -34,7 +36,6 @@ from textclassify.runtime.llm.prompts import (
 )
 from textclassify.runtime.llm.providers import PROVIDERS
 from textclassify.runtime.llm.settings import LLMSettings
-from tqdm import tqdm
 
 log = logging.getLogger("textclassify.llm")
 T = TypeVar("T")

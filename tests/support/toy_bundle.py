@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from tokenizers import Tokenizer
+
 from textclassify.runtime import constants as K
 from textclassify.runtime.manifest import sha256_file
-from tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)
