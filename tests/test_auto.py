@@ -31,12 +31,6 @@ def make_config(server: FakeLLMServer, model_dir: str, tmp_path, multi_label: bo
 
 
 @pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def fitted_multiclass(server, tiny_roberta_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auto_mc")
     clf = AutoFusionClassifier(make_config(server, tiny_roberta_dir, tmp, False, fusion_split=0.4))

@@ -19,14 +19,7 @@ from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
 from textclassify.runtime.manifest import load_manifest
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two shared cores: one intra-op thread keeps torch from spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

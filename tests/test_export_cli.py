@@ -6,30 +6,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 
 from tests.support.data import make_tickets
-from tests.support.llm_server import FakeLLMServer
 from textclassify import AutoFusionClassifier
 from textclassify.export.cli import main
 from textclassify.runtime import constants as K
 from textclassify.runtime import load_bundle
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two shared cores: one intra-op thread keeps torch from spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        yield s
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

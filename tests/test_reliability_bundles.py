@@ -26,7 +26,6 @@ import torch
 
 from tests.support.data import LABELS, make_tickets
 from tests.support.fitted_model import make_fitted_model
-from tests.support.llm_server import FakeLLMServer
 from textclassify import AutoFusionClassifier
 from textclassify.runtime import constants as K
 from textclassify.runtime import load_bundle
@@ -42,6 +41,8 @@ TEXTS = [t for t, _ in make_tickets(12, seed=31)]
 _UNPICKLED: list[str] = []
 _ARMED = [False]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _audit(event: str, args: tuple) -> None:
     if _ARMED[0] and event == "pickle.find_class":
@@ -49,21 +50,6 @@ def _audit(event: str, args: tuple) -> None:
 
 
 sys.addaudithook(_audit)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two shared cores: one intra-op thread keeps torch from spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

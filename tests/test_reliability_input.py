@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 
 from tests.support.data import make_tickets
@@ -30,20 +29,7 @@ from textclassify.train.encoder import encoder_logits
 LONG = 100_000
 LABELS = ["billing", "shipping", "technical"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two shared cores: one intra-op thread keeps the tiny fit from spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        yield s
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_config(server: FakeLLMServer, model_dir: str, tmp: Path, **extra) -> dict:
@@ -325,7 +311,6 @@ def test_blank_text_at_prediction_is_answered(fitted):
     a, b = clf.predict(texts), bundle.predict(texts)
     assert a.predictions == b.predictions
     np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
-
 
 
 # ------------------------------------------------------------------------------- LLM down at serving
