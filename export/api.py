@@ -26,7 +26,6 @@ REQUIRED_ATTRIBUTES = ("model_", "tokenizer_", "calibrator_", "labels_", "multi_
 LLM_MANIFEST_KEYS = ("provider", "model", "base_url", "temperature", "max_concurrency", "timeout_s",
                      "max_retries", "score_method", "prompt_version")
 MIN_OPSET = 14  # scaled_dot_product_attention and the optimizer's fused ops need 14 or newer
-_OFFSET_POSITION_FALLBACK = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "bart", "mpnet"})
 
 
 def export_bundle(model: Any, output_dir: str | os.PathLike[str], *, int8: bool = False, fp16: bool = False,
@@ -151,22 +150,11 @@ def _resolve_model(model: Any, say: Callable[[str], None]) -> Any:
     return model
 
 
-def _position_limit(encoder: Any) -> int | None:
-    """The longest input the encoder's position embeddings allow (RoBERTa-like models reserve two)."""
-    config = getattr(encoder, "config", None)
-    limit = getattr(config, "max_position_embeddings", None)
-    if not _is_int(limit):
-        return None
-    try:
-        from textclassify.train.encoder import _OFFSET_POSITION_MODELS as offset_models
-    except ImportError:
-        offset_models = _OFFSET_POSITION_FALLBACK
-    return limit - 2 if getattr(config, "model_type", None) in offset_models else limit
-
-
 def _bundle_max_length(fitted: Any, requested: int | None) -> int:
     length = int(fitted.max_length_) if requested is None else requested
-    limit = _position_limit(fitted.model_.encoder)
+    from textclassify.train.encoder import position_limit
+
+    limit = position_limit(fitted.model_.encoder)
     if limit is not None and length > limit:
         raise ExportError(f"'max_length' {length} is more than the encoder allows ({limit} tokens, from "
                           f"max_position_embeddings); choose {limit} or less.")

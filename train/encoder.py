@@ -54,14 +54,21 @@ def load_encoder(ml_model: str, labels: Sequence[str], multi_label: bool) -> tup
     return model, tokenizer
 
 
+def position_limit(model: nn.Module) -> int | None:
+    """The longest input the encoder's position embeddings allow (RoBERTa-like models reserve two)."""
+    cfg = getattr(model, "config", None)
+    limit = getattr(cfg, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    return limit - 2 if getattr(cfg, "model_type", None) in _OFFSET_POSITION_MODELS else limit
+
+
 def effective_max_length(model: nn.Module, tokenizer: Any, requested: int) -> int:
     """The requested max_length, capped at what the encoder's position embeddings allow."""
     cfg = model.config
-    limit = getattr(cfg, "max_position_embeddings", None)
+    limit = position_limit(model)
     if limit is None:
         return requested
-    if cfg.model_type in _OFFSET_POSITION_MODELS:
-        limit -= 2
     if requested > limit:
         log.warning("ml.max_length=%d exceeds what %s supports (%d); using %d.", requested, cfg.model_type,
                     limit, limit)
