@@ -61,3 +61,8 @@ FEATURE_SCALE_FLOOR = 1e-2
 # Characters of a text sent to the LLM (the encoder truncates by tokens on its own): a 100,000-character
 # text must not become a 100,000-character prompt. The cache key still hashes the whole text.
 LLM_MAX_TEXT_CHARS = 8000
+
+# What a text gets when the LLM's answer names no label (after retries): "raise" fails the call; "abstain"
+# gives it no-opinion scores (1/C, or 0.5 per label for multi-label), counted in usage["abstained"] and not
+# cached. Training and serving read the same setting, so the fusion MLP sees at serving what it trained on.
+UNUSABLE_ANSWER_POLICIES = ("raise", "abstain")

@@ -1,14 +1,12 @@
-"""The demo's data preparation, abstaining LLM scores and report (the full run is `make demo`)."""
+"""The demo's data preparation and report (the full run is `make demo`)."""
 from __future__ import annotations
 
 import bz2
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from textclassify.runtime.errors import DataError, LLMError
-from textclassify.runtime.llm import LLMScorer
+from textclassify.runtime.errors import DataError
 from textclassify.train import demo
 from textclassify.train.config import validate_config
 
@@ -50,36 +48,6 @@ def test_stratified_sample_is_disjoint_and_keeps_proportions():
     with pytest.raises(DataError) as info:
         demo.stratified_sample(df, 950, 100)
     assert str(info.value) == "asked for 950 training + 100 test rows but the corpus has 1000."
-
-
-def test_abstaining_scorer_gives_uniform_rows_for_unusable_answers(llm_server):
-    """A text whose answer names no label gets 1/C scores and is counted; the others keep their scores."""
-    labels = ["billing", "shipping", "technical"]
-    scorer = LLMScorer(llm_server.settings(score_method="logprobs", max_retries=0), labels, False, cache_dir=None)
-    texts = ["refund my invoice refund payment", "where is my parcel", "login error password crash"]
-    llm_server.inject("no_label_logprobs", times=1, text="parcel")
-    wrapped = demo.AbstainingScorer(scorer)
-    try:
-        scores = wrapped.score(texts)
-        assert wrapped.abstained == 1
-        np.testing.assert_allclose(scores[1], [1 / 3] * 3)
-        assert scores[0].argmax() == 0 and scores[2].argmax() == 2
-        assert wrapped.usage["requests"] == 3  # attributes pass through to the LLMScorer
-    finally:
-        scorer.close()
-
-
-def test_abstaining_scorer_still_raises_server_failures(llm_server):
-    """A server error is not an abstention: it raises LLMError as LLMScorer.score would."""
-    scorer = LLMScorer(llm_server.settings(score_method="logprobs", max_retries=0), ["a1", "b2"], False,
-                       cache_dir=None)
-    llm_server.inject("500", times=1)
-    try:
-        with pytest.raises(LLMError) as info:
-            demo.AbstainingScorer(scorer).score(["one text"])
-        assert info.value.status_code == 500
-    finally:
-        scorer.close()
 
 
 def test_verdict_says_when_fusion_leaned_on_the_encoder():

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.data import LABELS, keyword_scores, make_tickets
 from tests.support.llm_server import FakeLLMServer
-from textclassify.runtime.errors import ConfigError, DataError
+from textclassify.runtime.errors import ConfigError, DataError, LLMError
 from textclassify.runtime.llm import LLMScorer, LLMSettings
 
 TEXTS = [t for t, _ in make_tickets(12, seed=5)]
@@ -263,3 +263,32 @@ def test_scores_are_probabilities(llm_server: FakeLLMServer) -> None:
         scores = s.score(TEXTS)
     assert ((scores >= 0) & (scores <= 1)).all()
     assert all(math.isclose(float(r.sum()), 1.0, rel_tol=1e-5) for r in scores)
+
+
+def test_abstain_gives_no_opinion_rows_for_unusable_answers(llm_server):
+    """on_unusable_answer='abstain': a text whose answer names no label gets 1/C, is counted and not cached."""
+    labels = ["billing", "shipping", "technical"]
+    settings = llm_server.settings(score_method="logprobs", max_retries=0, on_unusable_answer="abstain")
+    texts = ["refund my invoice refund payment", "where is my parcel", "login error password crash"]
+    llm_server.inject("no_label_logprobs", times=1, text="parcel")
+    with LLMScorer(settings, labels, False, cache_dir=None) as scorer:
+        scores = scorer.score(texts)
+        assert scorer.usage["abstained"] == 1 and scorer.usage["requests"] == 3
+    np.testing.assert_allclose(scores[1], [1 / 3] * 3)
+    assert scores[0].argmax() == 0 and scores[2].argmax() == 2
+
+
+def test_abstain_still_raises_server_failures(llm_server):
+    """A server error is not an abstention: score raises LLMError even with on_unusable_answer='abstain'."""
+    settings = llm_server.settings(score_method="logprobs", max_retries=0, on_unusable_answer="abstain")
+    llm_server.inject("500", times=1)
+    with LLMScorer(settings, ["a1", "b2"], False, cache_dir=None) as scorer, pytest.raises(LLMError) as info:
+        scorer.score(["one text"])
+    assert info.value.status_code == 500
+
+
+def test_unusable_answer_policy_is_validated():
+    """An unknown on_unusable_answer value is a ConfigError naming the key."""
+    with pytest.raises(ConfigError, match=r"^llm.on_unusable_answer: expected one of \['raise', 'abstain'\], "
+                                          r"got 'ignore'$"):
+        LLMSettings(provider="openai-compatible", base_url="http://127.0.0.1:9/v1", on_unusable_answer="ignore")

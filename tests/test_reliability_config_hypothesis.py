@@ -86,6 +86,7 @@ SPEC: dict[str, tuple[Any, Any]] = {
     "llm.timeout_s": float_in(0, 3600, True, False),
     "llm.max_retries": int_in(0, 50),
     "llm.score_method": choice(["auto", "logprobs", "json"]),
+    "llm.on_unusable_answer": choice(["raise", "abstain"]),
     "fusion.hidden_dims": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
                            and all(_int(d) and 0 < d <= 65536 for d in v),
                            st.lists(st.integers(1, 65536), min_size=1, max_size=4)),

@@ -33,6 +33,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "llm": {
         "temperature": K.DEFAULT_TEMPERATURE, "max_concurrency": K.DEFAULT_MAX_CONCURRENCY,
         "timeout_s": K.DEFAULT_TIMEOUT_S, "max_retries": K.DEFAULT_MAX_RETRIES, "score_method": "auto",
+        "on_unusable_answer": "raise",
     },
     "fusion": {
         "hidden_dims": [64, 32], "dropout": 0.1, "ml_lr": 1e-5, "fusion_lr": 1e-3,
@@ -114,6 +115,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "llm.timeout_s": (_float_in(0, 3600), "a number of seconds in (0, 3600]"),
     "llm.max_retries": (lambda v: _is_int(v) and 0 <= v <= 50, "an integer in [0, 50]"),
     "llm.score_method": (_choice(K.SCORE_METHODS), f"one of {list(K.SCORE_METHODS)}"),
+    "llm.on_unusable_answer": (_choice(K.UNUSABLE_ANSWER_POLICIES), f"one of {list(K.UNUSABLE_ANSWER_POLICIES)}"),
     "fusion.hidden_dims": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0,
                            "a non-empty list of positive integers"),
     "fusion.hidden_dims[]": (lambda v: _is_int(v) and 0 < v <= 65536, "a positive integer"),

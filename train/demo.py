@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from textclassify.runtime.errors import DataError, LLMResponseError, TextClassifyError
+from textclassify.runtime.errors import DataError, TextClassifyError
 from textclassify.train.auto import AutoFusionClassifier
 from textclassify.train.demo_assets import FETCH_COMMAND, DemoPaths, minilm_path
 
@@ -46,7 +44,9 @@ def demo_config(ml_model: str, *, output_dir: str = OUTPUT_DIR, cache_dir: str =
         "ml": {"num_epochs": 2, "batch_size": 16, "learning_rate": 1e-4, "max_length": 64, "val_split": 0.1},
         # logprobs: one short answer per text (json makes SmolLM2 ramble invalid JSON); 4 = the server's slots;
         # no retry: at temperature 0 an unusable answer comes back the same, and the server is in-process.
-        "llm": {"max_concurrency": 4, "score_method": "logprobs", "max_retries": 0},
+        # SmolLM2 often names no label at all: those texts get no-opinion scores (counted), in training
+        # and serving alike, instead of failing the run; retries at temperature 0 would repeat the answer.
+        "llm": {"max_concurrency": 4, "score_method": "logprobs", "max_retries": 0, "on_unusable_answer": "abstain"},
         "fusion": {"num_epochs": 2, "batch_size": 16, "hidden_dims": [32, 16]},
     }
 
@@ -75,38 +75,6 @@ def stratified_sample(df: Any, n_train: int, n_test: int, seed: int = SEED) -> t
     if n_train < len(pool):
         pool, _ = train_test_split(pool, train_size=n_train, stratify=pool["label"], random_state=seed)
     return pool.reset_index(drop=True), test.reset_index(drop=True)
-
-
-class AbstainingScorer:
-    """Wraps LLMScorer for a weak LLM: a text it gives no usable answer for gets uniform scores (no opinion).
-
-    Only unusable answers (LLMResponseError) abstain; a server or connection failure still raises.
-    """
-
-    def __init__(self, scorer: Any) -> None:
-        self._scorer = scorer
-        self.abstained = 0
-
-    def score(self, texts: Any, *, progress: bool = False) -> np.ndarray:
-        """Raw scores [n, C]; rows without a usable answer are 1/C."""
-        part = self._scorer.score_partial(texts, progress=progress)
-        hard = {i: e for i, e in part.errors.items() if not isinstance(e, LLMResponseError)}
-        if hard:
-            raise hard[min(hard)]
-        n_labels = part.scores.shape[1]
-        self.abstained += int((~part.ok).sum())
-        return np.where(part.ok[:, None], part.scores, np.float32(1.0 / n_labels)).astype(np.float32)
-
-    def __getattr__(self, name: str) -> Any:  # usage, score_method, close, ...
-        return getattr(self._scorer, name)
-
-
-class DemoClassifier(AutoFusionClassifier):
-    """AutoFusionClassifier whose training LLM scores abstain instead of failing on unusable answers."""
-
-    def _make_scorer(self, cfg: dict[str, Any], labels: list[str], multi: bool) -> AbstainingScorer:
-        self.abstaining_scorer_ = AbstainingScorer(super()._make_scorer(cfg, labels, multi))
-        return self.abstaining_scorer_
 
 
 @dataclass
@@ -156,15 +124,11 @@ def run_demo(root: str | Path = ".", *, n_train: int = TRAIN_ROWS, n_test: int =
     counts = {label: int((train_df["label"] == label).sum()) for label in LABELS}
     _stage(f"[1/4] training on {len(train_df)} reviews ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
            f"LLM scores first (cache: {cache_dir}{', reused' if cache_existed else ', new'})", quiet)
-    clf = DemoClassifier(demo_config(minilm_path(), output_dir=str(output_dir), cache_dir=str(cache_dir)))
+    clf = AutoFusionClassifier(demo_config(minilm_path(), output_dir=str(output_dir), cache_dir=str(cache_dir)))
     t = time.perf_counter()
     clf.fit(train_df, eval_data=test_df, progress=not quiet)
     timings["fit_s"] = time.perf_counter() - t
     timings.update({k: float(v) for k, v in clf.metadata_.get("timings", {}).items()})
-
-    from textclassify.train.reports import write_classifier_report
-
-    write_classifier_report(clf)
 
     _stage(f"[2/4] exporting the ONNX bundle to {bundle_dir}", quiet)
     t = time.perf_counter()
@@ -173,7 +137,7 @@ def run_demo(root: str | Path = ".", *, n_train: int = TRAIN_ROWS, n_test: int =
 
     _stage("[3/4] loading the bundle with the torch-free runtime", quiet)
     t = time.perf_counter()
-    # ml_only: a review SmolLM2 gives no usable answer for is answered by the encoder alone (and counted).
+    # ml_only: a review the LLM server cannot answer at all is answered by the encoder alone (and counted).
     bundle = load_bundle(bundle_dir, cache_dir=str(cache_dir), on_llm_error="ml_only")
     timings["load_bundle_s"] = time.perf_counter() - t
 
@@ -190,7 +154,7 @@ def run_demo(root: str | Path = ".", *, n_train: int = TRAIN_ROWS, n_test: int =
         bundle_metrics=result.metadata["metrics"], fit_usage=dict(clf.metadata_.get("llm_usage", {})),
         predict_usage=dict(result.metadata.get("llm_usage", {})), timings=timings, cache_existed=cache_existed,
         degraded_rows=len(result.metadata.get("degraded", [])), bundle_variant=str(result.metadata.get("variant")),
-        llm_model=local_model_name(), abstained=clf.abstaining_scorer_.abstained,
+        llm_model=local_model_name(), abstained=int(clf.metadata_["llm_usage"].get("abstained", 0)),
         n_llm_scored=int(sum(clf.metadata_["splits"][k] for k in ("fusion_train", "fusion_val")) + len(test_df)),
     )
 

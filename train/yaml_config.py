@@ -67,6 +67,9 @@ FIELDS: tuple[Field, ...] = (
     Field("models.llm.max_retries", "llm.max_retries", "Retries (with backoff) on 429, 5xx and timeouts."),
     Field("models.llm.score_method", "llm.score_method", "auto | logprobs (label-token log-probabilities) | json "
                                                          "(per-class scores as JSON)."),
+    Field("models.llm.on_unusable_answer", "llm.on_unusable_answer", "raise | abstain: when the LLM's answer "
+          "names no label even after retries, fail, or score that text 'no opinion' (uniform) in training "
+          "and serving alike."),
     Field("fusion.hidden_dims", "fusion.hidden_dims", "Hidden layer sizes of the fusion MLP."),
     Field("fusion.dropout", "fusion.dropout", "Dropout after each hidden layer."),
     Field("fusion.ml_lr", "fusion.ml_lr", "Learning rate of the encoder during joint fine-tuning."),

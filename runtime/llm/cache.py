@@ -77,6 +77,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+
+class _Locked(Exception):
+    """Another process holds the database while it is being set up."""
+
 class ScoreCache:
     """The cache file `<cache_dir>/llm_scores.sqlite3`; raises CacheError naming it when unusable."""
 
@@ -93,6 +97,20 @@ class ScoreCache:
         self._conn = self._open()
 
     def _open(self) -> sqlite3.Connection:
+        # Two processes creating the same cache at once can see "database is locked" while the other
+        # switches it to WAL (SQLite's busy handler does not cover that step): wait and retry, and only
+        # then call the file corrupt.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                return self._open_once()
+            except _Locked:
+                if time.monotonic() > deadline:
+                    raise CacheError(f"LLM score cache {self.path} stayed locked for {BUSY_TIMEOUT_S:g} s "
+                                     "by another process.") from None
+                time.sleep(0.05)
+
+    def _open_once(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
@@ -109,6 +127,14 @@ class ScoreCache:
                 conn.execute(statement)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
             version = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            conn.close()
+            if "locked" in str(e) or "busy" in str(e):
+                raise _Locked() from None
+            raise CacheError(
+                f"LLM score cache {self.path} is corrupt or not an SQLite database ({e}); "
+                "move it aside or delete it to start a fresh cache."
+            ) from None
         except sqlite3.Error as e:
             conn.close()
             raise CacheError(

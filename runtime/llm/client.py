@@ -42,7 +42,8 @@ T = TypeVar("T")
 PLACEHOLDER_KEY = "not-needed"
 PROBE_ATTEMPTS = 3  # texts tried before score_method "auto" gives up resolving
 BUSY_POLL_S = 0.1  # how often a text another process is requesting is looked up again
-_USAGE_KEYS = ("requests", "cache_hits", "retries", "failures", "prompt_tokens", "completion_tokens", "total_tokens")
+_USAGE_KEYS = ("requests", "cache_hits", "retries", "failures", "abstained", "prompt_tokens", "completion_tokens",
+               "total_tokens")
 
 
 @dataclass
@@ -208,9 +209,15 @@ class LLMScorer:
                 self._runner = _LoopThread()
                 weakref.finalize(self, self._runner.stop)  # a scorer dropped without close() frees its thread
         results = self._runner.run(self._score_unique(unique, [positions[t][0] for t in unique], progress))
+        abstain = self.settings.on_unusable_answer == "abstain"
+        no_opinion = np.float32(0.5 if self.multi_label else 1.0 / c)
         for text, result in zip(unique, results):
             rows = positions[text]
-            if isinstance(result, LLMError):
+            if abstain and isinstance(result, LLMResponseError):  # the answer named no label: no opinion
+                scores[rows] = no_opinion
+                ok[rows] = True
+                self._usage["abstained"] += 1
+            elif isinstance(result, LLMError):
                 errors.update(dict.fromkeys(rows, result))
             else:
                 scores[rows] = np.asarray(result, dtype=np.float32)

@@ -21,6 +21,7 @@ class LLMSettings:
     timeout_s: float = K.DEFAULT_TIMEOUT_S
     max_retries: int = K.DEFAULT_MAX_RETRIES
     score_method: str = "auto"
+    on_unusable_answer: str = "raise"
     prompt_version: str = K.PROMPT_VERSION
 
     def __post_init__(self) -> None:
@@ -28,6 +29,9 @@ class LLMSettings:
             raise ConfigError(f"llm_provider: expected one of {sorted(PROVIDERS)}, got {self.provider!r}")
         if self.score_method not in K.SCORE_METHODS:
             raise ConfigError(f"llm.score_method: expected one of {list(K.SCORE_METHODS)}, got {self.score_method!r}")
+        if self.on_unusable_answer not in K.UNUSABLE_ANSWER_POLICIES:
+            raise ConfigError(f"llm.on_unusable_answer: expected one of {list(K.UNUSABLE_ANSWER_POLICIES)}, "
+                              f"got {self.on_unusable_answer!r}")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> LLMSettings:
@@ -35,7 +39,8 @@ class LLMSettings:
         llm = config.get("llm", {})
         return cls(
             provider=config["llm_provider"], model=config.get("llm_model"), base_url=config.get("llm_base_url"),
-            **{k: llm[k] for k in ("temperature", "max_concurrency", "timeout_s", "max_retries", "score_method")
+            **{k: llm[k] for k in ("temperature", "max_concurrency", "timeout_s", "max_retries", "score_method",
+                                        "on_unusable_answer")
                if k in llm},
         )
 
