@@ -23,8 +23,6 @@ from textclassify.runtime.errors import ExportError
 
 REQUIRED_ATTRIBUTES = ("model_", "tokenizer_", "calibrator_", "labels_", "multi_label_", "thresholds_",
                        "max_length_", "llm_settings_", "metrics_", "validation_")
-LLM_MANIFEST_KEYS = ("provider", "model", "base_url", "temperature", "max_concurrency", "timeout_s",
-                     "max_retries", "score_method", "prompt_version")
 MIN_OPSET = 14  # scaled_dot_product_attention and the optimizer's fused ops need 14 or newer
 
 
@@ -76,7 +74,7 @@ def build_manifest(fitted: Any, steps: Any, max_length: int, opset: int) -> dict
         "calibrator": {"file": K.CALIBRATOR_FILE, "input": K.CALIBRATOR_INPUT, "output": K.CALIBRATOR_OUTPUT,
                        "kind": fitted.calibrator_.to_dict()["kind"]},
         "variants": steps.variants,
-        "llm": {key: settings.get(key) for key in LLM_MANIFEST_KEYS},
+        "llm": settings,  # every LLMSettings field (it holds no key), so serving asks exactly as training did
         "metrics": getattr(fitted, "metrics_", {}) or {},
         "parity": steps.parity,
         "graph": steps.graph,

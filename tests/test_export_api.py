@@ -14,7 +14,6 @@ import torch
 from tests.support.data import LABELS, make_tickets
 from tests.support.fitted_model import make_fitted_model, raw_scores
 from textclassify.export import export_bundle, model_onnx, optimize
-from textclassify.export.api import LLM_MANIFEST_KEYS
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
 from textclassify.runtime.manifest import load_manifest
@@ -77,8 +76,7 @@ def test_multiclass_bundle_has_contract_files_and_manifest(mc_bundle, mc_model):
     assert man["variants"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
     assert man["tokenizer"]["pad_token"] == "<pad>" and man["tokenizer"]["pad_token_id"] == 1
     assert (man["tokenizer"]["truncation"], man["tokenizer"]["padding"]) == (True, "longest")
-    assert man["llm"] == {**{k: None for k in LLM_MANIFEST_KEYS}, **{
-        k: v for k, v in mc_model.llm_settings_.to_dict().items() if k in LLM_MANIFEST_KEYS}}
+    assert man["llm"] == mc_model.llm_settings_.to_dict()
     assert man["metrics"] == {"fused": {"accuracy": 0.9}, "note": None}  # NaN becomes null: strict JSON
     assert man["versions"]["opset"] == 17 and man["versions"]["onnxruntime"]
     assert man["created_at"].endswith("Z")
