@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,24 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str,
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+def shuffled_batches(tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int,
+                     generator: torch.Generator, device: torch.device) -> Iterator[tuple[list[int], dict]]:
+    """One epoch of (row indices, encoder inputs on `device`) in a seeded random order."""
+    order = torch.randperm(len(texts), generator=generator).tolist()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenize(tokenizer, [texts[i] for i in idx], max_length)
+        yield idx, {k: v.to(device) for k, v in batch.items()}
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Any) -> None:
+    """Backward pass, gradient clipping at norm 1, one optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+
+
 def loss_function(multi_label: bool) -> nn.Module:
     return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
 
@@ -143,23 +161,17 @@ def train_encoder(model: nn.Module, tokenizer: Any, train_texts: Sequence[str], 
     bar = tqdm(total=steps, desc="stage 1: encoder", disable=not progress, unit="batch", leave=False)
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(len(train_texts), generator=gen).tolist()
         total = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in tokenize(tokenizer, [train_texts[i] for i in idx], max_length).items()}
+        for idx, batch in shuffled_batches(tokenizer, train_texts, batch_size, max_length, gen, device):
             with _autocast(device):
                 logits = model(**batch).logits
             loss = loss_fn(logits.float(), y_train[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            optimizer_step(optimizer, loss, model.parameters())
             scheduler.step()
             total += loss.item() * len(idx)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        history.train_loss.append(total / max(1, len(order)))
+        history.train_loss.append(total / max(1, len(train_texts)))
         val_loss = evaluate_loss(model, tokenizer, val_texts, val_targets, multi_label, max_length, batch_size)
         history.val_loss.append(val_loss)
         if val_loss < best_loss - 1e-6:

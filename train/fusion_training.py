@@ -14,7 +14,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from textclassify.train.encoder import loss_function, pick_device, targets_tensor, tokenize
+from textclassify.train.encoder import (
+    loss_function,
+    optimizer_step,
+    pick_device,
+    shuffled_batches,
+    targets_tensor,
+    tokenize,
+)
 from textclassify.train.fusion_model import FusionMLP, FusionWrapper
 
 
@@ -139,20 +146,14 @@ def train_fusion(encoder: torch.nn.Module, tokenizer: Any, *, train_texts: Seque
     bar = tqdm(total=fusion["num_epochs"], desc="stage 2: joint", disable=not progress, unit="epoch", leave=False)
     for epoch in range(fusion["num_epochs"]):
         wrapper.train()
-        order = torch.randperm(len(train_texts), generator=gen).tolist()
         total = 0.0
-        for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
-            batch = {k: v.to(device) for k, v in tokenize(tokenizer, [train_texts[i] for i in idx], max_length).items()}
+        for idx, batch in shuffled_batches(tokenizer, train_texts, bs, max_length, gen, device):
             s = torch.as_tensor(train_scores[idx], dtype=torch.float32, device=device)
             out = wrapper(batch["input_ids"], batch["attention_mask"], s)
             loss = loss_fn(out.fused_logits.float(), y_train[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(wrapper.parameters(), 1.0)
-            optimizer.step()
+            optimizer_step(optimizer, loss, wrapper.parameters())
             total += loss.item() * len(idx)
-        history.joint_train_loss.append(total / max(1, len(order)))
+        history.joint_train_loss.append(total / max(1, len(train_texts)))
         val = wrapper_loss(wrapper, tokenizer, val_texts, val_scores, val_targets, multi_label=multi_label,
                            max_length=max_length, batch_size=max(bs, 32))
         history.joint_val_loss.append(val)
