@@ -134,10 +134,9 @@ def batches_of(tokenizer, texts: list[str], max_length: int):
 
 def engines(clf, bundle: Path, int8_path: Path, threads: int):
     """name -> run(ids, mask, scores) returning fused logits (numpy)."""
-    import onnxruntime as ort
     import torch
 
-    from textclassify.runtime.sessions import session_options
+    from textclassify.runtime.sessions import CPU, inference_session, session_options
 
     torch.set_num_threads(threads)
     wrapper = clf.model_.eval()
@@ -147,8 +146,7 @@ def engines(clf, bundle: Path, int8_path: Path, threads: int):
             return wrapper(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(scores)).fused_logits.numpy()
 
     def onnx_run(path: Path):
-        session = ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                       providers=["CPUExecutionProvider"])
+        session = inference_session(str(path), [CPU], session_options(threads))  # as the runtime opens it
         return lambda ids, mask, scores: session.run(
             ["fused_logits"], {"input_ids": ids, "attention_mask": mask, "llm_scores": scores})[0]
 
@@ -247,6 +245,10 @@ def export_with_int8(clf, bundle: Path, parity_texts: list[str], parity_raw, wor
     if "int8" in parity:
         line += f"; int8 agreement with PyTorch {parity['int8']['agreement']:.2%}"
     print(line)
+    int8_graph = json.loads((bundle / "manifest.json").read_text())["graph"].get("int8")
+    if int8_graph:
+        print(f"int8 recipe: SmoothQuant alpha {int8_graph['smoothquant_alpha']} (mean |fused diff| on the parity "
+              f"texts per alpha: {int8_graph['smoothquant_tried']})")
     return int8_path, note
 
 

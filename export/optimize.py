@@ -3,6 +3,8 @@
 Only the offline, provider-neutral part runs here (`opt_level=0`: the Python fusion passes);
 ONNX Runtime applies its own graph optimisations again when the runtime opens the session. The
 caller keeps the optimised graph only when the parity gate still passes on it.
+SkipLayerNormalization is not fused: its CPU kernel is slower than the Add + LayerNormalization it
+replaces (see runtime.sessions.CPU_DISABLED_OPTIMIZERS); CUDA sessions fuse it themselves at load.
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# Fusions turned off, by FusionOptions attribute: SkipLayerNormalization is slow on CPU (module docstring).
+DISABLED_FUSIONS = ("enable_skip_layer_norm", "enable_bias_skip_layer_norm")
 
 # Encoder families whose graphs the optimizer's "bert" profile understands.
 BERT_LIKE = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet",
@@ -28,6 +33,8 @@ class OptimizeResult:
     def to_manifest(self) -> dict[str, Any]:
         """JSON-safe summary (the caller adds whether the graph was kept)."""
         out: dict[str, Any] = {"tool": "onnxruntime.transformers.optimizer", "applied": self.applied}
+        if self.applied:
+            out["disabled_fusions"] = list(DISABLED_FUSIONS)
         if self.model_type:
             out["model_type"] = self.model_type
         if self.fused_operators:
@@ -55,14 +62,18 @@ def optimize_onnx(src: str | Path, dst: str | Path, encoder_config: Any) -> Opti
     if isinstance(settings, str):
         return OptimizeResult(applied=False, reason=settings)
     model_type, num_heads, hidden_size = settings
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     quiet = logging.getLogger("onnxruntime.transformers")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    options = FusionOptions(model_type)
+    for name in DISABLED_FUSIONS:
+        setattr(options, name, False)
     try:
         optimized = optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
-                                   opt_level=0, use_gpu=False)
+                                   opt_level=0, use_gpu=False, optimization_options=options)
         optimized.save_model_to_file(str(dst), use_external_data_format=False)
         stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     except Exception as e:  # noqa: BLE001 -- a failed optimisation falls back to the plain graph, recorded

@@ -9,7 +9,7 @@ Mismatches are gathered per kind -- names, then shapes, then values -- with thei
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,12 +125,10 @@ def torch_reference(model: Any, data: ParityData, max_length: int,
 
 
 def open_session(path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
-    """An InferenceSession with the runtime's own session options."""
-    import onnxruntime as ort
+    """An InferenceSession opened as the runtime opens one (same options, same disabled fusions)."""
+    from textclassify.runtime.sessions import inference_session, session_options
 
-    from textclassify.runtime.sessions import session_options
-
-    return ort.InferenceSession(str(path), sess_options=session_options(), providers=list(providers))
+    return inference_session(str(path), providers, session_options())
 
 
 def check_calibrator(path: str | Path, model: Any, data: ParityData, reference: Reference,
@@ -168,15 +166,22 @@ def check_tokenizer(tokenizer: BundleTokenizer, data: ParityData, reference: Ref
     return found
 
 
+def graph_feeds(tokenizer: BundleTokenizer, data: ParityData, calibrated: np.ndarray, size: int,
+                spec: GraphSpec) -> Iterator[dict[str, np.ndarray]]:
+    """model.onnx's feeds for the parity texts in batches of `size`: the runtime's tokens, calibrated scores."""
+    for part in _chunks(len(data.texts), size):
+        ids, mask = tokenizer(data.texts[part])
+        yield as_feeds(ids, mask, calibrated[part], spec)
+
+
 def run_graph(session: Any, tokenizer: BundleTokenizer, data: ParityData, calibrated: np.ndarray,
               batch_sizes: Sequence[int], spec: GraphSpec) -> Outputs:
     """model.onnx (or a variant) on the runtime's tokenisation and calibrator.onnx's scores."""
     out = Outputs()
     for size in batch_sizes:
         ml, fused = [], []
-        for part in _chunks(len(data.texts), size):
-            ids, mask = tokenizer(data.texts[part])
-            got = session.run(list(spec.output_names), as_feeds(ids, mask, calibrated[part], spec))
+        for feeds in graph_feeds(tokenizer, data, calibrated, size, spec):
+            got = session.run(list(spec.output_names), feeds)
             ml.append(got[0])
             fused.append(got[1])
         out.ml[size], out.fused[size] = np.concatenate(ml), np.concatenate(fused)

@@ -148,6 +148,23 @@ def test_optimised_graph_is_kept_when_parity_holds(mc_bundle):
     assert opt["fused_operators"]["Attention"] == 2 and man["parity"]["fp32"]["graph"] == "optimized"
     ops = {n.op_type for n in onnx.load(str(mc_bundle / K.MODEL_FILE)).graph.node}
     assert "Attention" in ops and man["graph"]["attention"] == "eager"
+    assert "SkipLayerNormalization" not in ops and opt["disabled_fusions"] == ["enable_skip_layer_norm",
+                                                                              "enable_bias_skip_layer_norm"]
+
+
+def test_int8_is_the_smoothquant_strength_closest_to_pytorch(mc_bundle):
+    """Every SmoothQuant strength was tried on the parity texts; the shipped one had the least error."""
+    int8 = manifest_of(mc_bundle)["graph"]["int8"]
+    tried = int8["smoothquant_tried"]
+    assert set(tried) == {"none", "0.6", "0.75", "0.9"}
+    errors = {k: v["mean_abs_diff_fused"] for k, v in tried.items()}
+    chosen = "none" if int8["smoothquant_alpha"] is None else str(int8["smoothquant_alpha"])
+    assert errors[chosen] == min(errors.values())
+    assert int8["source_graph"] == "plain" and int8["matmul_const_b_only"] is True
+    ops = [n.op_type for n in onnx.load(str(mc_bundle / K.MODEL_INT8_FILE)).graph.node]
+    # 2 layers x Q, K, V, attention out, FFN in, FFN out; the pooled head and the fusion MLP stay float
+    assert "Attention" not in ops and ops.count("MatMulInteger") == 2 * 6 == int8["quantised_matmuls"]
+    assert ops.count("MatMul") >= 2 * 2  # the attention's scores and context stay float too
 
 
 def test_optimised_graph_failing_parity_falls_back_to_plain(mc_model, tmp_path, monkeypatch):

@@ -13,14 +13,14 @@ from textclassify.runtime.errors import ExportError
 
 @pytest.fixture()
 def matmul_graph(tmp_path):
-    """y = x @ W + b with a 16x4 weight, float32 in and out."""
+    """y = x @ W + b on per-token x [batch, tokens, 16] with a 16x4 weight, float32 in and out."""
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.normal(size=(16, 4)).astype(np.float32), "W")
     bias = numpy_helper.from_array(rng.normal(size=(4,)).astype(np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], initializer=[weight, bias])
+        [helper.make_node("MatMul", ["x", "W"], ["xw"], name="proj"), helper.make_node("Add", ["xw", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "tokens", 4])], initializer=[weight, bias])
     path = tmp_path / "g.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
@@ -34,12 +34,13 @@ def test_int8_quantises_weights_per_channel(matmul_graph, tmp_path):
     """The int8 graph uses integer MatMul with per-channel int8 weights and stays close to fp32."""
     facts = quantize_int8(matmul_graph, tmp_path / "q.onnx")
     assert facts == {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
-                     "per_channel": True}
+                     "per_channel": True, "op_types": ["MatMul"], "matmul_const_b_only": True,
+                     "quantised_matmuls": 1, "smoothquant_alpha": None}
     model = onnx.load(str(tmp_path / "q.onnx"))
     assert "MatMulInteger" in {n.op_type for n in model.graph.node}
     scales = [t for t in model.graph.initializer if t.name.startswith("W") and "scale" in t.name]
     assert [list(t.dims) for t in scales] == [[4]]  # one scale per output channel
-    x = np.random.default_rng(1).normal(size=(5, 16)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(5, 3, 16)).astype(np.float32)
     assert np.abs(run(tmp_path / "q.onnx", x) - run(matmul_graph, x)).max() < 0.2
 
 
@@ -50,7 +51,7 @@ def test_fp16_keeps_float32_inputs_and_outputs(matmul_graph, tmp_path):
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert {t.data_type for t in model.graph.initializer} == {TensorProto.FLOAT16}
-    x = np.random.default_rng(2).normal(size=(3, 16)).astype(np.float32)
+    x = np.random.default_rng(2).normal(size=(3, 2, 16)).astype(np.float32)
     assert np.abs(run(tmp_path / "h.onnx", x) - run(matmul_graph, x)).max() < 0.05
 
 
@@ -61,3 +62,16 @@ def test_unreadable_graph_is_an_export_error(tmp_path):
         quantize_int8(tmp_path / "bad.onnx", tmp_path / "q.onnx")
     with pytest.raises(ExportError, match=r"^fp16 conversion of model\.onnx failed: "):
         convert_fp16(tmp_path / "bad.onnx", tmp_path / "h.onnx")
+
+
+def test_pooled_matmuls_stay_float(tmp_path):
+    """Only per-token MatMuls are quantised; a graph with none is refused rather than quantised whole."""
+    rng = np.random.default_rng(3)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="head")], "pooled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(rng.normal(size=(16, 4)).astype(np.float32), "W")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "p.onnx"))
+    with pytest.raises(ExportError, match="no per-token MatMul with a constant weight to quantise"):
+        quantize_int8(tmp_path / "p.onnx", tmp_path / "q.onnx")

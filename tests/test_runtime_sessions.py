@@ -13,6 +13,7 @@ from textclassify.runtime.errors import BundleError, ConfigError, MissingDepende
 from textclassify.runtime.sessions import (
     OnnxModel,
     import_onnxruntime,
+    inference_session,
     resolve_providers,
     session_options,
 )
@@ -108,3 +109,40 @@ def test_unparseable_graph() -> None:
     """Bytes that are not an ONNX model are a BundleError, not an onnxruntime traceback."""
     with pytest.raises(BundleError, match=r"^model.onnx: ONNX Runtime could not load it \("):
         OnnxModel("model.onnx", b"not a model at all", [CPU], session_options(), K.INPUT_NAMES, K.OUTPUT_NAMES)
+
+
+def _add_then_layer_norm() -> bytes:
+    """Add + LayerNormalization: the pattern ONNX Runtime fuses into SkipLayerNormalization."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden = 8
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", "s", hidden]) for n in ("x", "skip", "out")]
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "skip"], ["sum"]),
+         helper.make_node("LayerNormalization", ["sum", "gamma", "beta"], ["out"], axis=-1, epsilon=1e-5)],
+        "skip_ln", io[:2], io[2:],
+        [numpy_helper.from_array(np.ones(hidden, np.float32), "gamma"),
+         numpy_helper.from_array(np.zeros(hidden, np.float32), "beta")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _optimised_ops(tmp_path, name: str, open_session) -> list[str]:
+    import onnx
+
+    options = session_options()
+    options.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+    open_session(options)
+    return [n.op_type for n in onnx.load(str(tmp_path / f"{name}.onnx")).graph.node]
+
+
+def test_cpu_sessions_leave_skip_layer_norm_unfused(tmp_path) -> None:
+    """ORT alone fuses Add + LayerNormalization on CPU; the runtime's CPU sessions do not (the kernel is slower)."""
+    model = _add_then_layer_norm()
+    plain = _optimised_ops(tmp_path, "ort", lambda o: ort.InferenceSession(model, sess_options=o, providers=[CPU]))
+    ours = _optimised_ops(tmp_path, "ours", lambda o: inference_session(model, [CPU], o))
+    assert plain == ["SkipLayerNormalization"]
+    assert ours == ["Add", "LayerNormalization"]
