@@ -327,6 +327,7 @@ class _ExportRun:
     def _int8(self) -> None:
         from textclassify.export import parity
         from textclassify.export.smoothing import activation_ranges
+        from textclassify.runtime.recheck import RECHECK_SAFETY
 
         self.say(f"quantising {K.MODEL_INT8_FILE} (dynamic, int8 weights per channel; SmoothQuant strength chosen "
                  f"on the {len(self.data.texts)} parity texts)")
@@ -340,6 +341,10 @@ class _ExportRun:
         found, figures, reason = self._reduced(path, K.MODEL_INT8_FILE, ["CPUExecutionProvider"])
         if reason is not None:
             found.values.append(reason)
+        elif "max_margin_change_fused" in figures:  # runtime.recheck: rows closer to a flip than this go to fp32
+            figures["recheck_margin"] = RECHECK_SAFETY * figures["max_margin_change_fused"]
+            figures["recheck_margin_ml"] = RECHECK_SAFETY * figures["max_margin_change_ml"]  # rows without LLM
+            figures["recheck_safety"] = RECHECK_SAFETY
         self.found.extend(found)
         self.parity["int8"] = figures
         self.variants["int8"] = K.MODEL_INT8_FILE

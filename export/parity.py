@@ -21,6 +21,7 @@ from textclassify.export.model_onnx import GraphSpec, as_feeds, eval_mode
 from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import logits_to_probabilities
 from textclassify.runtime.errors import ExportError
+from textclassify.runtime.recheck import margin_change
 from textclassify.runtime.tokenization import BundleTokenizer
 
 PARITY_BATCH_SIZES = (1, 7)
@@ -247,11 +248,16 @@ def compare_reduced(name: str, ref: Reference, got: Outputs, multi_label: bool,
     agreement = float(same.mean()) if len(same) else 1.0
     fused_diff = max(float(np.abs(got.fused[s] - ref.fused[s]).max(initial=0.0)) for s in sizes)
     ml_diff = max(float(np.abs(got.ml[s] - ref.ml[s]).max(initial=0.0)) for s in sizes)
+    # ml_logits too: a row whose LLM score is missing is decided by them (on_llm_error="ml_only").
+    moved_fused = max(margin_change(ref.fused[s], got.fused[s], multi_label) for s in sizes)
+    moved_ml = max(margin_change(ref.ml[s], got.ml[s], multi_label) for s in sizes)
     if not agreement >= min_agreement:
         found.values.append(f"{name}: prediction agreement with PyTorch {agreement:.2%} < {min_agreement:.0%} "
                             f"({int((~same).sum())} of {len(same)} texts differ; max |fused diff| {fused_diff:.3g})")
     figures = {"agreement": agreement, "min_agreement": min_agreement, "max_abs_diff_fused": fused_diff,
-               "max_abs_diff_ml": ml_diff, "n_texts": int(len(same)), "batch_sizes": sizes}
+               "max_abs_diff_ml": ml_diff, "max_margin_change_fused": moved_fused,
+               "max_margin_change_ml": moved_ml, "n_texts": int(len(same)),
+               "batch_sizes": sizes}
     return found, figures
 
 

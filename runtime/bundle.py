@@ -17,7 +17,15 @@ from textclassify.runtime.llm import LLMScorer, LLMSettings
 from textclassify.runtime.llm.usage import usage_delta
 from textclassify.runtime.manifest import BundleManifest, load_manifest, read_verified
 from textclassify.runtime.metrics import classification_metrics
-from textclassify.runtime.sessions import CPU, CUDA, OnnxModel, resolve_providers, session_options
+from textclassify.runtime.recheck import rows_to_recheck
+from textclassify.runtime.sessions import (
+    CPU,
+    CUDA,
+    OnnxModel,
+    import_onnxruntime,
+    resolve_providers,
+    session_options,
+)
 from textclassify.runtime.tokenization import BundleTokenizer
 from textclassify.runtime.types import ClassificationResult
 from textclassify.runtime.validation import validate_texts
@@ -38,10 +46,18 @@ def load_bundle(
     cache_dir: str | os.PathLike[str] | None = K.DEFAULT_CACHE_DIR,
     batch_size: int = K.DEFAULT_BATCH_SIZE,
     intra_op_num_threads: int | None = None,
+    int8_recheck: bool = True,
 ) -> Bundle:
-    """Verify a bundle (manifest, names, sizes, sha256), open its ONNX sessions, warm them up, return a Bundle."""
+    """Verify a bundle (manifest, names, sizes, sha256), open its ONNX sessions, warm them up, return a Bundle.
+
+    With variant="int8" and `int8_recheck`, model.onnx is opened too and answers again the rows whose int8
+    decision is within the manifest's recheck margin of flipping (see runtime.recheck).
+    """
     _check_arguments(variant, on_llm_error, batch_size, intra_op_num_threads, llm_api_key, llm_base_url)
-    manifest = load_manifest(path)  # every check on the files happens here, before ONNX Runtime sees any
+    if not isinstance(int8_recheck, bool):
+        raise ConfigError(f"'int8_recheck' must be True or False (got {int8_recheck!r}).")
+    # Every check on the files happens here, before ONNX Runtime sees any; it is imported meanwhile.
+    manifest = load_manifest(path, meanwhile=import_onnxruntime)
     settings = _llm_settings(manifest, llm_base_url)
     provider_list = resolve_providers(providers)
     options = session_options(intra_op_num_threads)
@@ -59,11 +75,15 @@ def load_bundle(
         if variant == "auto" and chosen == "fp16":  # onnxruntime-gpu fell back to CPU: fp16 is a CUDA variant
             chosen = "fp32"
             model = _open_model(manifest, chosen, provider_list, options)
+    recheck = None
+    if chosen == "int8" and int8_recheck and manifest.int8_recheck_margin is not None:
+        fused, ml = manifest.int8_recheck_margin, manifest.int8_recheck_margin_ml
+        recheck = (_open_model(manifest, "fp32", provider_list, options), fused, fused if ml is None else ml)
     manifest.verified_bytes.clear()  # the sessions hold what they need; unused variants' bytes go
     scorer = LLMScorer(settings, manifest.labels, manifest.multi_label,
                        cache_dir=None if cache_dir is None else os.fspath(cache_dir), api_key=llm_api_key)
     bundle = Bundle(manifest=manifest, tokenizer=tokenizer, calibrator=calibrator, model=model, scorer=scorer,
-                    variant=chosen, on_llm_error=on_llm_error, batch_size=batch_size)
+                    variant=chosen, on_llm_error=on_llm_error, batch_size=batch_size, recheck=recheck)
     try:
         bundle._warm_up()
     except BaseException:
@@ -76,11 +96,14 @@ class Bundle:
     """A loaded bundle: `predict` / `predict_proba` on lists of texts; safe to call from many threads."""
 
     def __init__(self, *, manifest: BundleManifest, tokenizer: BundleTokenizer, calibrator: OnnxModel,
-                 model: OnnxModel, scorer: Any, variant: str, on_llm_error: str, batch_size: int) -> None:
+                 model: OnnxModel, scorer: Any, variant: str, on_llm_error: str, batch_size: int,
+                 recheck: tuple[OnnxModel, float, float] | None = None) -> None:
         self._manifest = manifest
         self._tokenizer = tokenizer
         self._calibrator = calibrator
         self._model = model
+        # model.onnx and the recheck margins for rows decided by fused_logits and by ml_logits (no LLM score)
+        self._recheck_model, self._recheck_margin, self._recheck_margin_ml = recheck or (None, None, None)
         self._scorer = scorer
         self.variant = variant
         self.on_llm_error = on_llm_error
@@ -109,6 +132,11 @@ class Bundle:
         return list(self._model.providers)
 
     @property
+    def int8_recheck_margin(self) -> float | None:
+        """Decision margin below which int8 rows are answered again by model.onnx; None when nothing is rechecked."""
+        return self._recheck_margin
+
+    @property
     def manifest(self) -> dict[str, Any]:
         return dict(self._manifest.raw)
 
@@ -131,11 +159,11 @@ class Bundle:
         targets = None
         if labels is not None:
             targets = self._encode_labels(labels, len(texts))
-        probs, degraded, reasons, usage = self._infer(texts)
+        probs, degraded, reasons, usage, rechecked = self._infer(texts)
         predictions = decode_predictions(probs, self.labels, self.multi_label, self._manifest.thresholds)
         metadata: dict[str, Any] = {
             "degraded": degraded, "degraded_reasons": reasons, "llm_usage": usage,
-            "providers": self.providers, "variant": self.variant,
+            "providers": self.providers, "variant": self.variant, "rechecked": rechecked,
         }
         if targets is not None:
             pred_idx = encode_targets(predictions, self.labels, self.multi_label)
@@ -167,11 +195,11 @@ class Bundle:
         except ValueError as e:
             raise DataError(str(e)) from None
 
-    def _infer(self, texts: list[str]) -> tuple[np.ndarray, list[int], dict[int, str], dict[str, Any]]:
-        """Probabilities, degraded row indices, their reasons, and LLM usage for validated texts."""
+    def _infer(self, texts: list[str]) -> tuple[np.ndarray, list[int], dict[int, str], dict[str, Any], list[int]]:
+        """Probabilities, degraded row indices, their reasons, LLM usage and rechecked rows for validated texts."""
         n_labels = len(self._manifest.labels)
         if not texts:
-            return np.zeros((0, n_labels), np.float32), [], {}, {}
+            return np.zeros((0, n_labels), np.float32), [], {}, {}, []
         ids = self._tokenizer.encode(texts)  # before any LLM request: a tokenizer error costs nothing
         before = self._scorer.usage
         raw, failed = self._llm_scores(texts)
@@ -180,11 +208,23 @@ class Bundle:
         ok[list(failed)] = False
         raw = np.where(ok[:, None], raw, np.float32(1.0 / n_labels)).astype(np.float32)  # placeholder rows
         calibrated = self._calibrate(raw)
-        ml_logits, fused_logits = self._run_model(ids, calibrated)
+        ml_logits, fused_logits = self._run_model(self._model, ids, calibrated)
         logits = np.where(ok[:, None], fused_logits, ml_logits)
+        rechecked = self._recheck(ids, calibrated, ok, logits)
         probs = logits_to_probabilities(logits, self.multi_label)
         reasons = {i: str(err) for i, err in sorted(failed.items())}
-        return probs, sorted(failed), reasons, usage
+        return probs, sorted(failed), reasons, usage, rechecked
+
+    def _recheck(self, ids: list[list[int]], calibrated: np.ndarray, ok: np.ndarray, logits: np.ndarray) -> list[int]:
+        """Rerun through model.onnx the int8 rows too close to a flip; overwrites their `logits`, returns them."""
+        if self._recheck_model is None:
+            return []
+        margin = np.where(ok, self._recheck_margin, self._recheck_margin_ml)
+        rows = rows_to_recheck(logits, margin, self.multi_label, self._manifest.thresholds)
+        if len(rows):
+            ml, fused = self._run_model(self._recheck_model, [ids[i] for i in rows], calibrated[rows])
+            logits[rows] = np.where(ok[rows, None], fused, ml)
+        return [int(i) for i in rows]
 
     def _llm_scores(self, texts: list[str]) -> tuple[np.ndarray, dict[int, LLMError]]:
         if not self._llm_started:
@@ -217,7 +257,8 @@ class Bundle:
         (out,) = self._calibrator.run({self._cal_in: raw}, [self._cal_out])
         return np.asarray(out, dtype=np.float32)
 
-    def _run_model(self, ids: list[list[int]], calibrated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_model(self, model: OnnxModel, ids: list[list[int]],
+                   calibrated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ml_logits and fused_logits [n, C] in input order; batches sorted by length, padded per batch."""
         n, n_labels = len(ids), calibrated.shape[1]
         order = np.argsort(np.fromiter((len(r) for r in ids), dtype=np.int64, count=n), kind="stable")
@@ -226,7 +267,7 @@ class Bundle:
         for start in range(0, n, self.batch_size):
             rows = order[start:start + self.batch_size]
             input_ids, attention_mask = self._tokenizer.pad([ids[i] for i in rows])
-            out_ml, out_fused = self._model.run(
+            out_ml, out_fused = model.run(
                 {"input_ids": input_ids, "attention_mask": attention_mask, "llm_scores": calibrated[rows]},
                 K.OUTPUT_NAMES,
             )
@@ -237,10 +278,13 @@ class Bundle:
         """One tiny run of each session so the first request does not pay for lazy initialisation."""
         n_labels = len(self._manifest.labels)
         calibrated = self._calibrate(np.full((1, n_labels), 1.0 / n_labels, np.float32))
-        ml, fused = self._run_model(self._tokenizer.encode(["warm up"]), calibrated)
-        if ml.shape != (1, n_labels) or fused.shape != (1, n_labels):
-            raise BundleError(f"{self._model.name}: outputs have shape {ml.shape} and {fused.shape}; "
-                              f"expected (1, {n_labels}) for the manifest's {n_labels} labels.")
+        for model in (self._model, self._recheck_model):
+            if model is None:
+                continue
+            ml, fused = self._run_model(model, self._tokenizer.encode(["warm up"]), calibrated)
+            if ml.shape != (1, n_labels) or fused.shape != (1, n_labels):
+                raise BundleError(f"{model.name}: outputs have shape {ml.shape} and {fused.shape}; "
+                                  f"expected (1, {n_labels}) for the manifest's {n_labels} labels.")
 
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,10 @@ class BundleManifest:
     variants: dict[str, str]
     llm: dict[str, Any]
     files: dict[str, dict[str, Any]]
+    # parity.int8.recheck_margin(_ml): int8 rows closer to a flip than this are rerun in fp32 (runtime.recheck);
+    # the _ml one is for rows decided by ml_logits (no LLM score), and defaults to the other.
+    int8_recheck_margin: float | None = None
+    int8_recheck_margin_ml: float | None = None
     # Bytes hashed by load_manifest, handed once to read_verified so a file is read and hashed once
     # (cold start) and what ONNX Runtime parses is exactly what was verified.
     verified_bytes: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
@@ -62,8 +67,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def load_manifest(bundle_dir: str | os.PathLike[str]) -> BundleManifest:
-    """Parse manifest.json, check its schema, and verify every listed file; raise BundleError naming the file."""
+def load_manifest(bundle_dir: str | os.PathLike[str], meanwhile: Callable[[], object] | None = None) -> BundleManifest:
+    """Parse manifest.json, check its schema, and verify every listed file; raise BundleError naming the file.
+
+    `meanwhile` runs on the calling thread while the files are read and hashed (load_bundle imports
+    ONNX Runtime there: 20 ms of a cold start that would otherwise wait for the hashing).
+    """
     directory = Path(bundle_dir)
     if not directory.is_dir():
         raise BundleError(f"Bundle directory {str(directory)!r} does not exist or is not a directory.")
@@ -74,6 +83,8 @@ def load_manifest(bundle_dir: str | os.PathLike[str]) -> BundleManifest:
     with ThreadPoolExecutor(max_workers=_VERIFY_THREADS) as pool:
         largest_first = sorted(manifest.files.items(), key=lambda item: -item[1]["bytes"])
         pending = {name: pool.submit(_verified_read, directory, name, entry) for name, entry in largest_first}
+        if meanwhile is not None:
+            meanwhile()
         for name in manifest.files:
             manifest.verified_bytes[name] = pending[name].result()
     return manifest
@@ -167,7 +178,21 @@ def _parse(directory: Path, raw: dict[str, Any]) -> BundleManifest:
         directory=directory, raw=raw, format_version=version, multi_label=task == "multi_label",
         labels=labels, thresholds=_thresholds(raw, len(labels)), max_length=max_length, tokenizer=tokenizer,
         calibrator=calibrator, variants=variants, llm=_block(raw, "llm", {"provider": str}), files=files,
+        int8_recheck_margin=_recheck_margin(raw, "recheck_margin") if "int8" in variants else None,
+        int8_recheck_margin_ml=_recheck_margin(raw, "recheck_margin_ml") if "int8" in variants else None,
     )
+
+
+def _recheck_margin(raw: dict[str, Any], key: str) -> float | None:
+    """parity.int8.<key> when the export recorded it (a finite number >= 0), else None."""
+    parity = raw.get("parity")
+    int8 = parity.get("int8") if isinstance(parity, dict) else None
+    if not isinstance(int8, dict) or key not in int8:
+        return None
+    value = int8[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'parity.int8.{key}' must be a finite number >= 0 (got {value!r}).")
+    return float(value)
 
 
 def _is_int(value: Any) -> bool:

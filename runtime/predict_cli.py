@@ -44,6 +44,9 @@ OUTPUT.summary.json. The LLM API key comes from the provider's environment varia
               help="auto | cpu | cuda | comma-separated ONNX Runtime provider names.")
 @click.option("--variant", type=click.Choice(["auto", "fp32", "int8", "fp16"]), default="auto", show_default=True,
               help="Model variant; auto = fp16 on CUDA when the bundle has it, else fp32.")
+@click.option("--int8-recheck/--no-int8-recheck", default=True, show_default=True,
+              help="With --variant int8: answer again with the fp32 graph the rows within the bundle's recheck "
+                   "margin of flipping (loads both graphs).")
 @click.option("--on-llm-error", type=click.Choice(["raise", "ml_only"]), default="raise", show_default=True,
               help="When the LLM fails: stop with an error, or answer from the encoder alone (flagged degraded).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=K.DEFAULT_BATCH_SIZE, show_default=True,
@@ -52,13 +55,14 @@ OUTPUT.summary.json. The LLM API key comes from the provider's environment varia
 @click.option("--cache-dir", default=K.DEFAULT_CACHE_DIR, show_default=True, help="LLM score cache directory.")
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 def main(bundle_dir: str, input_path: str, output_path: str, text_column: str, providers: str, variant: str,
-         on_llm_error: str, batch_size: int, llm_base_url: str | None, cache_dir: str, debug: bool) -> None:
+         int8_recheck: bool, on_llm_error: str, batch_size: int, llm_base_url: str | None, cache_dir: str,
+         debug: bool) -> None:
     """Score every text of INPUT with a textclassify bundle and write predictions to OUTPUT."""
     try:
         summary = predict_file(
             bundle_dir, input_path, output_path, text_column=text_column, providers=_providers(providers),
             variant=variant, on_llm_error=on_llm_error, batch_size=batch_size, llm_base_url=llm_base_url,
-            cache_dir=cache_dir)
+            cache_dir=cache_dir, int8_recheck=int8_recheck)
     except (TextClassifyError, OSError) as e:
         if debug:
             raise
@@ -70,14 +74,15 @@ def main(bundle_dir: str, input_path: str, output_path: str, text_column: str, p
 def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_column: str = "text",
                  providers: str | list[str] = "auto", variant: str = "auto", on_llm_error: str = "raise",
                  batch_size: int = K.DEFAULT_BATCH_SIZE, llm_base_url: str | None = None,
-                 cache_dir: str = K.DEFAULT_CACHE_DIR) -> dict[str, Any]:
+                 cache_dir: str = K.DEFAULT_CACHE_DIR, int8_recheck: bool = True) -> dict[str, Any]:
     """Read INPUT, predict with the bundle, write OUTPUT (CSV) and OUTPUT.summary.json; returns the summary."""
     started = time.perf_counter()
     columns, rows = read_rows(input_path, text_column)
     from textclassify.runtime.bundle import load_bundle
 
     with load_bundle(bundle_dir, providers=providers, variant=variant, on_llm_error=on_llm_error,
-                     batch_size=batch_size, llm_base_url=llm_base_url, cache_dir=cache_dir) as bundle:
+                     batch_size=batch_size, llm_base_url=llm_base_url, cache_dir=cache_dir,
+                     int8_recheck=int8_recheck) as bundle:
         out_columns = ["prediction"] + [f"prob_{lab}" for lab in bundle.labels]
         out_columns += ["degraded"] if on_llm_error == "ml_only" else []
         clash = [c for c in out_columns if c in columns]
@@ -85,6 +90,7 @@ def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_col
             raise DataError(f"{input_path}: column(s) {clash} would be overwritten by the output; rename them.")
         counts: Counter[str] = Counter()
         degraded: list[int] = []
+        rechecked = 0
         with _atomic_csv(output_path) as writer, tqdm(total=len(rows), unit="text", desc="fusion-predict",
                                                        file=sys.stderr, disable=None) as bar:
             writer.writerow(columns + out_columns)
@@ -93,6 +99,7 @@ def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_col
                 result = bundle.predict([row[text_column] for row in chunk])
                 bad = set(result.metadata["degraded"])
                 degraded += [start + i for i in sorted(bad)]
+                rechecked += len(result.metadata["rechecked"])
                 for i, (row, pred, probs) in enumerate(zip(chunk, result.predictions, result.probabilities)):
                     counts.update(pred if bundle.multi_label else [pred])
                     cells = [_cell(row.get(c)) for c in columns]
@@ -108,7 +115,8 @@ def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_col
             "task": "multi_label" if bundle.multi_label else "multi_class",
             "prediction_counts": {lab: counts.get(lab, 0) for lab in bundle.labels},
             "degraded_rows": len(degraded), "degraded": degraded, "providers": bundle.providers,
-            "variant": bundle.variant, "llm_usage": bundle.llm_usage, "seconds": round(seconds, 3),
+            "variant": bundle.variant, "int8_recheck_margin": bundle.int8_recheck_margin,
+            "rechecked_rows": rechecked, "llm_usage": bundle.llm_usage, "seconds": round(seconds, 3),
             "texts_per_second": round(len(rows) / seconds, 2) if seconds > 0 else None,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

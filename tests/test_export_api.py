@@ -17,6 +17,7 @@ from textclassify.export import export_bundle, model_onnx, optimize
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
 from textclassify.runtime.manifest import load_manifest
+from textclassify.runtime.recheck import RECHECK_SAFETY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -165,6 +166,14 @@ def test_int8_is_the_smoothquant_strength_closest_to_pytorch(mc_bundle):
     # 2 layers x Q, K, V, attention out, FFN in, FFN out; the pooled head and the fusion MLP stay float
     assert "Attention" not in ops and ops.count("MatMulInteger") == 2 * 6 == int8["quantised_matmuls"]
     assert ops.count("MatMul") >= 2 * 2  # the attention's scores and context stay float too
+    parity = manifest_of(mc_bundle)["parity"]["int8"]
+    assert parity["recheck_safety"] == RECHECK_SAFETY
+    for logits in ("fused", "ml"):
+        suffix = "" if logits == "fused" else "_ml"
+        moved = parity[f"max_margin_change_{logits}"]
+        assert parity[f"recheck_margin{suffix}"] == pytest.approx(RECHECK_SAFETY * moved)
+        # a margin is a difference of two logits: it moves by at most twice the largest logit change
+        assert 0 < moved <= 2 * parity[f"max_abs_diff_{logits}"]
 
 
 def test_optimised_graph_failing_parity_falls_back_to_plain(mc_model, tmp_path, monkeypatch):
