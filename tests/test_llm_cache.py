@@ -142,3 +142,22 @@ def test_cache_holds_no_api_key(tmp_path: Path, llm_server: FakeLLMServer, monke
     blobs = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert b"sk-test-SECRET123" not in blobs and b"SECRET" not in blobs
     assert ScoreCache(tmp_path).count() == 2
+
+
+def test_texts_all_in_the_cache_need_no_event_loop(tmp_path: Path, llm_server: FakeLLMServer) -> None:
+    """A call the cache answers whole runs on the caller's thread: no loop thread, no request, same scores."""
+    import threading
+
+    texts = ["card charged twice", "parcel lost", "app crashes"]
+    with LLMScorer(llm_server.settings(score_method="json"), LABELS, False, cache_dir=tmp_path) as scorer:
+        first = scorer.score(texts)
+    requests = llm_server.requests
+    loops = sum(t.name == "textclassify-llm" for t in threading.enumerate())
+    with LLMScorer(llm_server.settings(score_method="json"), LABELS, False, cache_dir=tmp_path) as scorer:
+        again = scorer.score(texts[::-1] + texts[:1])
+        assert sum(t.name == "textclassify-llm" for t in threading.enumerate()) == loops
+        assert scorer.usage["cache_hits"] == 3 and scorer.usage["requests"] == 0
+        assert (again[:3] == first[::-1]).all() and (again[3] == first[0]).all()
+        scorer.score(["a new text"])  # one miss: the loop starts and the LLM is asked
+        assert sum(t.name == "textclassify-llm" for t in threading.enumerate()) == loops + 1
+    assert llm_server.requests == requests + 1
