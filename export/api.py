@@ -305,7 +305,8 @@ class _ExportRun:
                                "graph": "optimized" if optimization.get("kept") else "plain"}
         self.variants["fp32"] = K.MODEL_FILE
 
-    def _reduced(self, path: Path, name: str, providers: list[str]) -> tuple[Any, dict[str, Any], str | None]:
+    def _reduced(self, path: Path, name: str, providers: list[str],
+                 recheck_safety: float | None = None) -> tuple[Any, dict[str, Any], str | None]:
         """Findings and figures for a reduced-precision graph; a reason instead when it cannot run here."""
         from textclassify.export import parity
 
@@ -320,7 +321,8 @@ class _ExportRun:
         except Exception as e:  # noqa: BLE001 -- a kernel missing on this provider surfaces at run time
             return parity.Findings(), {}, f"ONNX Runtime could not run {name} ({_first_line(e)})"
         values, figures = parity.compare_reduced(name, self.reference, got, self.fitted.multi_label_,
-                                                 self.fitted.thresholds_, K.REDUCED_PRECISION_MIN_AGREEMENT)
+                                                 self.fitted.thresholds_, K.REDUCED_PRECISION_MIN_AGREEMENT,
+                                                 recheck_safety)
         figures["provider"] = session.get_providers()[0]
         return values, figures, None
 
@@ -338,7 +340,7 @@ class _ExportRun:
         path = self.stage.path(K.MODEL_INT8_FILE)
         os.replace(chosen, path)
         self.graph["int8"] = {**info, "source_graph": "plain", "smoothquant_tried": tried}
-        found, figures, reason = self._reduced(path, K.MODEL_INT8_FILE, ["CPUExecutionProvider"])
+        found, figures, reason = self._reduced(path, K.MODEL_INT8_FILE, ["CPUExecutionProvider"], RECHECK_SAFETY)
         if reason is not None:
             found.values.append(reason)
         elif "max_margin_change_fused" in figures:  # runtime.recheck: rows closer to a flip than this go to fp32

@@ -14,6 +14,7 @@ from textclassify.export.parity import (
     compare_reduced,
     decisions,
     parity_data,
+    served_agreement,
 )
 from textclassify.runtime.errors import ExportError
 
@@ -121,3 +122,45 @@ def test_parity_data_rejects_empty_texts(tiny_roberta_dir):
     with pytest.raises(ExportError) as info:
         parity_data(["ok", " "], np.ones((2, 3)), 3, tok, 16)
     assert str(info.value) == "Parity texts[1] must be a non-empty string (got ' ')."
+
+
+def _binary_case(n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch-side fused logits with wide margins, and an 'int8' copy moved by at most 0.05 per logit."""
+    rng = np.random.default_rng(seed)
+    ref = np.stack([np.zeros(n), rng.choice([-1.0, 1.0], n) * rng.uniform(1.0, 3.0, n)], axis=1).astype(np.float32)
+    return ref, (ref + rng.uniform(-0.05, 0.05, ref.shape)).astype(np.float32)
+
+
+def _two_sizes(fused: np.ndarray) -> dict[int, np.ndarray]:
+    return {1: fused, 7: fused}
+
+
+def test_the_int8_gate_judges_close_calls_after_the_recheck():
+    """Near-tie texts flipped by int8 are rechecked in serving, so the gate passes; raw agreement is reported."""
+    ref, got = _binary_case()
+    ref[[3, 8]] = [[0.0, 0.01], [0.0, -0.02]]  # two near-ties ...
+    got[[3, 8]] = [[0.0, -0.02], [0.0, 0.03]]  # ... that int8 flips
+    zeros = np.zeros_like(ref)
+    reference, outs = Reference(ml=_two_sizes(zeros), fused=_two_sizes(ref)), Outputs(ml=_two_sizes(zeros),
+                                                                                       fused=_two_sizes(got))
+    found, figures = compare_reduced("model.int8.onnx", reference, outs, False, None, 0.99, recheck_safety=1.0)
+    assert found.problems() == [] and figures["agreement"] == pytest.approx(38 / 40)
+    assert figures["agreement_with_recheck"] == 1.0
+    found, _ = compare_reduced("model.int8.onnx", reference, outs, False, None, 0.99)  # no recheck: refused
+    assert found.values[0].startswith("model.int8.onnx: prediction agreement with PyTorch 95.00% < 99% (2 of 40")
+
+
+def test_a_flip_far_beyond_the_other_half_margin_still_fails_the_gate():
+    """The recheck margin judging a row comes from the other half of the texts: an outlier is not excused."""
+    ref, got = _binary_case()
+    got[5, 1] = -ref[5, 1]  # int8 flips a confident text: a change no other text shows
+    zeros = np.zeros_like(ref)
+    reference, outs = Reference(ml=_two_sizes(zeros), fused=_two_sizes(ref)), Outputs(ml=_two_sizes(zeros),
+                                                                                       fused=_two_sizes(got))
+    found, figures = compare_reduced("model.int8.onnx", reference, outs, False, None, 0.99, recheck_safety=1.0)
+    assert figures["agreement_with_recheck"] == pytest.approx(39 / 40)
+    assert found.values[0].startswith("model.int8.onnx: prediction agreement with PyTorch 97.50% < 99% "
+                                      "(with the fp32 recheck of close calls; int8 alone 97.50%: 1 of 40 texts")
+    single = Reference(ml=_two_sizes(zeros[:1]), fused=_two_sizes(ref[:1]))
+    assert served_agreement(single, Outputs(ml=_two_sizes(zeros[:1]), fused=_two_sizes(-ref[:1])), False, None,
+                            1.0) == 0.0  # one text: nothing to measure a margin on, nothing rechecked
