@@ -287,6 +287,8 @@ def export_with_int8(clf, bundle: Path, parity_texts: list[str], parity_raw, wor
             f"{parity['fp32']['n_texts']} texts")
     if "int8" in parity:
         line += f"; int8 agreement with PyTorch {parity['int8']['agreement']:.2%}"
+        if "agreement_with_recheck" in parity["int8"]:
+            line += f" alone, {parity['int8']['agreement_with_recheck']:.2%} with the recheck (the gate's figure)"
     print(line)
     int8_graph = json.loads((bundle / "manifest.json").read_text())["graph"].get("int8")
     if int8_graph:
