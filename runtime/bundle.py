@@ -18,14 +18,7 @@ from textclassify.runtime.llm.usage import usage_delta
 from textclassify.runtime.manifest import BundleManifest, load_manifest, read_verified
 from textclassify.runtime.metrics import classification_metrics
 from textclassify.runtime.recheck import rows_to_recheck
-from textclassify.runtime.sessions import (
-    CPU,
-    CUDA,
-    OnnxModel,
-    import_onnxruntime,
-    resolve_providers,
-    session_options,
-)
+from textclassify.runtime.sessions import CPU, CUDA, OnnxModel, resolve_providers, session_options
 from textclassify.runtime.tokenization import BundleTokenizer
 from textclassify.runtime.types import ClassificationResult
 from textclassify.runtime.validation import validate_texts
@@ -56,8 +49,7 @@ def load_bundle(
     _check_arguments(variant, on_llm_error, batch_size, intra_op_num_threads, llm_api_key, llm_base_url)
     if not isinstance(int8_recheck, bool):
         raise ConfigError(f"'int8_recheck' must be True or False (got {int8_recheck!r}).")
-    # Every check on the files happens here, before ONNX Runtime sees any; it is imported meanwhile.
-    manifest = load_manifest(path, meanwhile=import_onnxruntime)
+    manifest = load_manifest(path)  # every check on the files happens here, before ONNX Runtime sees any
     settings = _llm_settings(manifest, llm_base_url)
     provider_list = resolve_providers(providers)
     options = session_options(intra_op_num_threads)

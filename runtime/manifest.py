@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,12 +66,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def load_manifest(bundle_dir: str | os.PathLike[str], meanwhile: Callable[[], object] | None = None) -> BundleManifest:
-    """Parse manifest.json, check its schema, and verify every listed file; raise BundleError naming the file.
-
-    `meanwhile` runs on the calling thread while the files are read and hashed (load_bundle imports
-    ONNX Runtime there: 20 ms of a cold start that would otherwise wait for the hashing).
-    """
+def load_manifest(bundle_dir: str | os.PathLike[str]) -> BundleManifest:
+    """Parse manifest.json, check its schema, and verify every listed file; raise BundleError naming the file."""
     directory = Path(bundle_dir)
     if not directory.is_dir():
         raise BundleError(f"Bundle directory {str(directory)!r} does not exist or is not a directory.")
@@ -83,8 +78,6 @@ def load_manifest(bundle_dir: str | os.PathLike[str], meanwhile: Callable[[], ob
     with ThreadPoolExecutor(max_workers=_VERIFY_THREADS) as pool:
         largest_first = sorted(manifest.files.items(), key=lambda item: -item[1]["bytes"])
         pending = {name: pool.submit(_verified_read, directory, name, entry) for name, entry in largest_first}
-        if meanwhile is not None:
-            meanwhile()
         for name in manifest.files:
             manifest.verified_bytes[name] = pending[name].result()
     return manifest
