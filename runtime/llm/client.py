@@ -1,20 +1,20 @@
 """LLMScorer: per-label scores for texts from any OpenAI-compatible chat API, cached and concurrent.
 
 Requests go through the `openai` SDK (its own retries off; ours honour Retry-After and back off
-exponentially with jitter) on a private event loop in a daemon thread, so `score` works the same
-from plain code, from worker threads and from inside a running event loop. Texts all found in the
-cache are answered on the calling thread, and asyncio is imported inside the functions that use it:
-a served bundle with a warm cache then starts no thread and pays no 13 ms asyncio import.
+exponentially with jitter: llm/transport.py) on a private event loop in a daemon thread
+(llm/loop_thread.py), so `score` works the same from plain code, from worker threads and from
+inside a running event loop. Texts all found in the cache are answered on the calling thread, and
+asyncio is imported inside the functions that use it: a served bundle with a warm cache then starts
+no thread and pays no 13 ms asyncio import.
 """
 from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 import threading
 import weakref
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,27 +22,26 @@ import numpy as np
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ConfigError, DataError, LLMError, LLMResponseError
-from textclassify.runtime.llm import parsing as P
 from textclassify.runtime.llm.cache import ScoreCache, resolution_key, score_key
+from textclassify.runtime.llm.loop_thread import LoopThread
 from textclassify.runtime.llm.pricing import cost_usd
 from textclassify.runtime.llm.prompts import (
     JSON,
     LOGPROBS,
     MAX_CODES,
-    build_messages,
     check_labels,
     label_codes,
     labels_need_codes,
 )
 from textclassify.runtime.llm.providers import PROVIDERS
 from textclassify.runtime.llm.settings import LLMSettings
+from textclassify.runtime.llm.transport import ProbeFallback, RequestTransport
 
 if TYPE_CHECKING:
     import asyncio
 
 log = logging.getLogger("textclassify.llm")
 T = TypeVar("T")
-PLACEHOLDER_KEY = "not-needed"
 PROBE_ATTEMPTS = 3  # texts tried before score_method "auto" gives up resolving
 BUSY_POLL_S = 0.1  # how often a text another process is requesting is looked up again
 _USAGE_KEYS = ("requests", "cache_hits", "retries", "failures", "abstained", "prompt_tokens", "completion_tokens",
@@ -58,47 +57,7 @@ class PartialScores:
     errors: dict[int, LLMError]
 
 
-class _Fallback(Exception):
-    """The logprobs probe found no usable logprobs: resolve 'auto' to json."""
-
-    def __init__(self, persist: bool) -> None:
-        super().__init__("no usable logprobs")
-        self.persist = persist
-
-
-class _LoopThread:
-    """An event loop running forever in a daemon thread; callers block on its futures."""
-
-    def __init__(self) -> None:
-        import asyncio
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="textclassify-llm", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        import asyncio
-
-        if threading.current_thread() is self.thread:
-            coro.close()
-            raise RuntimeError("LLMScorer.score cannot be called from its own event loop thread")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
-
-    def stop(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        if not self.thread.is_alive():
-            self.loop.close()
-
-
-class LLMScorer:
+class LLMScorer(RequestTransport):
     """Scores texts against `labels` with the LLM `settings` describe; see DESIGN.md, 'LLM scores'."""
 
     def __init__(
@@ -147,7 +106,7 @@ class LLMScorer:
         if self._method is None and self._cache is not None:
             self._method = self._cache.get_meta(self._resolution_key)
         self._closed = False
-        self._runner: _LoopThread | None = None
+        self._runner: LoopThread | None = None
         self._start_lock = threading.Lock()
         self._client: Any = None
         self._sem: asyncio.Semaphore | None = None
@@ -216,7 +175,7 @@ class LLMScorer:
         if pending:  # some texts need the LLM: the event loop thread takes over
             with self._start_lock:  # several threads may make the first call at once
                 if self._runner is None:
-                    self._runner = _LoopThread()
+                    self._runner = LoopThread()
                     weakref.finalize(self, self._runner.stop)  # a scorer dropped without close() frees its thread
             self._runner.run(self._score_unique(unique, [positions[t][0] for t in unique], progress, results,
                                                 pending))
@@ -371,7 +330,7 @@ class LLMScorer:
             scores, usage = await self._attempts(text, index, LOGPROBS, probe=True)
             self._resolve(LOGPROBS, persist=True)
             return LOGPROBS, scores, usage
-        except _Fallback as fallback:
+        except ProbeFallback as fallback:
             persist = fallback.persist
         log.info("score_method 'auto': %s gives no usable logprobs, using json", self.model)
         self._resolve(JSON, persist=persist)
@@ -382,120 +341,3 @@ class LLMScorer:
         self._method = method
         if persist and self._cache is not None:
             self._cache.set_meta(self._resolution_key, method)
-
-    # -- one text, with retries ------------------------------------------------------------------
-    async def _ensure_client(self) -> None:
-        if self._client is not None:
-            return
-        import asyncio
-
-        import openai
-
-        if self._sem is None:  # created on the loop thread, where nothing runs between check and set
-            self._sem = asyncio.Semaphore(self.settings.max_concurrency)
-            self._client_lock = asyncio.Lock()
-        async with self._client_lock:  # the local server start awaits: one coroutine does it
-            if self._client is not None:
-                return
-            if self._base_url is None:  # provider "local": start (or reuse) the embedded server
-                from textclassify.runtime.llm.local_server import ensure_local_server
-
-                self._base_url, self._api_model = await asyncio.to_thread(ensure_local_server, self.settings.model)
-            self._client = openai.AsyncOpenAI(api_key=self._api_key or PLACEHOLDER_KEY, base_url=self._base_url,
-                                              timeout=self.settings.timeout_s, max_retries=0)
-
-    def _request_kwargs(self, method: str) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"model": self._api_model,
-                                  "temperature": self.settings.temperature}
-        if method == LOGPROBS:
-            kwargs.update(max_tokens=K.LOGPROBS_MAX_TOKENS, logprobs=True, top_logprobs=K.TOP_LOGPROBS)
-        else:
-            kwargs["max_tokens"] = 100 + 32 * len(self.labels)
-            if self._response_format_ok:
-                kwargs["response_format"] = {"type": "json_object"}
-        return kwargs
-
-    async def _attempts(self, text: str, index: int, method: str, probe: bool = False
-                        ) -> tuple[list[float], dict[str, int]]:
-        """Scores of one text by `method`, retrying transient failures; raises LLMError when they run out."""
-        import asyncio
-
-        import openai
-
-        messages = build_messages(text, self.labels, multi_label=self.multi_label, method=method,
-                                  use_codes=self._codes is not None)
-        attempt, parse_failed = 0, False
-        while True:
-            kwargs = self._request_kwargs(method)
-            status: int | None = None
-            request_id = retry_after = None
-            answer = ""
-            self._usage["requests"] += 1
-            try:
-                # The SDK's documented generic call: same auth, base URL, timeout and error mapping as
-                # chat.completions.create, without its per-call transform of typed params, which cost a
-                # quarter of the client's CPU per request in benchmarks/llm_load.py.
-                body = {"messages": messages, **kwargs}
-                answer = await self._client.post("/chat/completions", cast_to=str, body=body)
-            except openai.APIStatusError as e:
-                status, request_id, answer = e.status_code, e.request_id, P.response_text(e.response)
-                retry_after = P.retry_after_seconds(e.response.headers)
-                if status == 400 and "response_format" in kwargs:
-                    self._response_format_ok = False  # the server rejects it: ask without, once
-                    log.info("%s rejected response_format json_object; asking without it", self.model)
-                    continue
-                if status == 400 and probe:
-                    raise _Fallback(persist=False) from None
-                retryable, reason, parse_failed = status in (408, 409, 429) or status >= 500, f"HTTP {status}", False
-            except openai.APITimeoutError:
-                retryable, reason, parse_failed = True, f"timed out after {self.settings.timeout_s:g} s", False
-            except openai.APIConnectionError as e:
-                cause = e.__cause__ or e
-                retryable, reason, parse_failed = True, f"connection failed ({type(cause).__name__}: {cause})", False
-            else:
-                status = 200
-                try:
-                    return self._parse(answer, method, probe)
-                except LLMResponseError as e:
-                    request_id = P.completion_id(answer)
-                    retryable, reason, parse_failed = True, f"unusable answer: {e}", True
-            if not retryable or attempt >= self.settings.max_retries:
-                raise self._final_error(index, attempt + 1, status, request_id, reason, answer, parse_failed)
-            attempt += 1
-            self._usage["retries"] += 1
-            delay = self._delay(attempt, retry_after)
-            log.debug("retrying text %d in %.2f s after %s", index, delay, P.scrub(reason, self._api_key))
-            await asyncio.sleep(delay)
-
-    def _parse(self, body_text: str, method: str, probe: bool) -> tuple[list[float], dict[str, int]]:
-        body = P.parse_body(body_text)
-        prompt, completion, total = P.usage_counts(body)
-        self._usage["prompt_tokens"] += prompt
-        self._usage["completion_tokens"] += completion
-        self._usage["total_tokens"] += total
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
-        choice = P.first_choice(body)
-        if method == JSON:
-            return P.parse_json_scores(P.message_content(choice), self.labels), usage
-        if probe:
-            pairs = P.first_token_logprobs(choice)
-            if pairs is None or P.logprob_scores(pairs, self.labels, self._codes) is None:
-                raise _Fallback(persist=True)
-        return P.parse_logprob_scores(choice, self.labels, self._codes), usage
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, K.RETRY_AFTER_MAX_S)
-        initial, cap = self._backoff
-        return min(initial * 2 ** (attempt - 1), cap) * random.uniform(0.5, 1.0)
-
-    def _final_error(self, index: int, attempts: int, status: int | None, request_id: str | None, reason: str,
-                     answer: str, parse_failed: bool) -> LLMError:
-        last = P.truncate(P.scrub(answer, self._api_key))
-        message = P.scrub(
-            f"LLM request for text {index} failed after {attempts} attempt(s) (provider "
-            f"{self.settings.provider!r}, model {self.model!r}, status {status if status is not None else 'none'}"
-            f"): {reason}; last answer: {last if last else '(none)'}", self._api_key)
-        cls = LLMResponseError if parse_failed else LLMError
-        return cls(message, provider=self.settings.provider, model=self.model, text_index=index, status_code=status,
-                   request_id=request_id, last_response=last)
