@@ -328,15 +328,17 @@ class _ExportRun:
 
     def _int8(self) -> None:
         from textclassify.export import parity
-        from textclassify.export.smoothing import activation_ranges
+        from textclassify.export.smoothing import activation_ranges, load_model, smoothing_groups
         from textclassify.runtime.recheck import RECHECK_SAFETY
 
         self.say(f"quantising {K.MODEL_INT8_FILE} (dynamic, int8 weights per channel; SmoothQuant strength chosen "
                  f"on the {len(self.data.texts)} parity texts)")
         size = max(parity.PARITY_BATCH_SIZES)
-        ranges = activation_ranges(self.int8_source,
-                                   parity.graph_feeds(self.tokenizer, self.data, self.calibrated, size, self.spec))
-        chosen, info, tried = self._best_int8(ranges, size)
+        source = load_model(self.int8_source)  # loaded and shape-inferred once for all the candidates
+        groups = smoothing_groups(source)
+        ranges = activation_ranges(source, parity.graph_feeds(self.tokenizer, self.data, self.calibrated, size,
+                                                              self.spec), groups)
+        chosen, info, tried = self._best_int8(source, groups, ranges, size)
         path = self.stage.path(K.MODEL_INT8_FILE)
         os.replace(chosen, path)
         self.graph["int8"] = {**info, "source_graph": "plain", "smoothquant_tried": tried}
@@ -351,7 +353,8 @@ class _ExportRun:
         self.parity["int8"] = figures
         self.variants["int8"] = K.MODEL_INT8_FILE
 
-    def _best_int8(self, ranges: Any, size: int) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    def _best_int8(self, source: Any, groups: Any, ranges: Any,
+                   size: int) -> tuple[Path, dict[str, Any], dict[str, Any]]:
         """Quantise once per SmoothQuant strength; keep the graph with the least mean |fused diff| to PyTorch."""
         from textclassify.export import parity
         from textclassify.export.variants import INT8_SMOOTHING_ALPHAS, quantize_int8
@@ -361,7 +364,7 @@ class _ExportRun:
         for alpha in INT8_SMOOTHING_ALPHAS:
             label = "none" if alpha is None else str(alpha)
             path = self.stage.work(f"model.int8.alpha-{label}.onnx")
-            info = quantize_int8(self.int8_source, path, ranges=ranges, alpha=alpha)
+            info = quantize_int8(source, path, ranges=ranges, alpha=alpha, groups=groups)
             try:
                 got = parity.run_graph(parity.open_session(path), self.tokenizer, self.data, self.calibrated,
                                        (size,), self.spec)
@@ -374,7 +377,7 @@ class _ExportRun:
                 best = (error, path, info)
         if best is None:  # every candidate failed to run: the gate reports it on the unsmoothed graph
             path = self.stage.work("model.int8.alpha-none.onnx")
-            return path, quantize_int8(self.int8_source, path), tried
+            return path, quantize_int8(source, path, groups=groups), tried
         return best[1], best[2], tried
 
     def _fp16(self) -> None:

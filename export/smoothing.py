@@ -22,7 +22,24 @@ RANGE_FLOOR = 1e-5
 SMOOTH_SUFFIX = "_smoothquant"
 
 
-def smoothing_groups(model: onnx.ModelProto) -> dict[str, list[int]]:
+Groups = dict[str, list[int]]  # activation tensor -> indices of the MatMul nodes reading it
+
+
+def load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """`model` itself when it is already loaded, else the graph read from its path."""
+    return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+
+
+def _copy(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """A model this module may change: a fresh load of a path, or a copy of a loaded model."""
+    if not isinstance(model, onnx.ModelProto):
+        return onnx.load(str(model))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def smoothing_groups(model: onnx.ModelProto) -> Groups:
     """Indices of the MatMuls int8 quantises, grouped by the activation tensor they read.
 
     Those are MatMuls with a constant 2-D float weight of their own, reading a per-token tensor (rank 3 or
@@ -60,12 +77,16 @@ def _tensor_ranks(model: onnx.ModelProto) -> dict[str, int]:
     return ranks
 
 
-def activation_ranges(model_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-channel max |x| of every smoothing group's input over `feeds`, running the fp32 graph."""
+def activation_ranges(model: str | Path | onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]],
+                      groups: Groups | None = None) -> dict[str, np.ndarray]:
+    """Per-channel max |x| of every smoothing group's input over `feeds`, running the fp32 graph.
+
+    `groups` (smoothing_groups of `model`) saves a second shape inference when the caller has them.
+    """
     from textclassify.runtime.sessions import CPU, inference_session, session_options
 
-    model = onnx.load(str(model_path))
-    names = list(smoothing_groups(model))
+    model = _copy(model)
+    names = list(smoothing_groups(model) if groups is None else groups)
     if not names:
         return {}
     model.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
@@ -80,15 +101,18 @@ def activation_ranges(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
     return ranges
 
 
-def smooth_model(model: onnx.ModelProto, ranges: Mapping[str, np.ndarray], alpha: float) -> onnx.ModelProto:
-    """A copy of `model` with SmoothQuant scales (strength `alpha` in [0, 1]) folded into each group's weights."""
+def smooth_model(model: onnx.ModelProto, ranges: Mapping[str, np.ndarray], alpha: float,
+                 groups: Groups | None = None) -> onnx.ModelProto:
+    """A copy of `model` with SmoothQuant scales (strength `alpha` in [0, 1]) folded into each group's weights.
+
+    `groups` (smoothing_groups of `model`) saves a shape inference when the caller has them.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (got {alpha!r})")
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = _copy(model)
     weights = {init.name: init for init in out.graph.initializer}
     divide_before: dict[int, onnx.NodeProto] = {}  # index of the group's first reader -> the Mul to insert
-    for tensor, indices in smoothing_groups(out).items():
+    for tensor, indices in (smoothing_groups(out) if groups is None else groups).items():
         if tensor not in ranges:
             continue
         readers = [out.graph.node[i] for i in indices]

@@ -39,25 +39,29 @@ def _quiet_root_logger() -> Iterator[None]:
 INT8_SMOOTHING_ALPHAS: tuple[float | None, ...] = (None, 0.6, 0.75, 0.9)
 
 
-def quantize_int8(src: str | Path, dst: str | Path, *, ranges: Mapping[str, np.ndarray] | None = None,
-                  alpha: float | None = None) -> dict[str, object]:
+def quantize_int8(src: str | Path | onnx.ModelProto, dst: str | Path, *,
+                  ranges: Mapping[str, np.ndarray] | None = None, alpha: float | None = None,
+                  groups: dict[str, list[int]] | None = None) -> dict[str, object]:
     """Write the dynamically quantised (int8 weights per channel) model of `src` to `dst`.
 
     With `alpha`, the graph is first smoothed with SmoothQuant using the activation `ranges`
-    (export.smoothing.activation_ranges of `src`).
+    (export.smoothing.activation_ranges of `src`). A loaded `src` and its `groups`
+    (export.smoothing.smoothing_groups) spare the reload and the shape inference when it is
+    quantised several times; `src` itself is not changed.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from textclassify.export.smoothing import smooth_model, smoothing_groups
+    from textclassify.export.smoothing import load_model, smooth_model, smoothing_groups
 
     if alpha is not None and ranges is None:
         raise ValueError("SmoothQuant (alpha) needs the activation ranges of the source graph")
     try:
-        model = onnx.load(str(src))
-        if alpha is not None:
-            model = smooth_model(model, ranges or {}, alpha)
-        groups = smoothing_groups(model)
+        model = load_model(src)
+        groups = smoothing_groups(model) if groups is None else groups
+        # smoothing inserts Mul nodes but renames nothing: the names of the source's readers still hold
         names = [model.graph.node[i].name for indices in groups.values() for i in indices]
+        if alpha is not None:
+            model = smooth_model(model, ranges or {}, alpha, groups)
         if not all(names):  # quantize_dynamic selects nodes by name, and an empty list would mean "all of them"
             raise ValueError(f"{len(names) - len([n for n in names if n])} MatMul node(s) to quantise have no name")
         if not names:

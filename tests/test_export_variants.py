@@ -75,3 +75,17 @@ def test_pooled_matmuls_stay_float(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "p.onnx"))
     with pytest.raises(ExportError, match="no per-token MatMul with a constant weight to quantise"):
         quantize_int8(tmp_path / "p.onnx", tmp_path / "q.onnx")
+
+
+def test_a_loaded_source_is_quantised_without_being_changed(matmul_graph, tmp_path):
+    """Export quantises one loaded graph once per SmoothQuant strength: each call must leave it as it was."""
+    from textclassify.export.smoothing import smoothing_groups
+
+    model = onnx.load(str(matmul_graph))
+    before = model.SerializeToString()
+    x = np.random.default_rng(4).normal(size=(4, 3, 16)).astype(np.float32)
+    ranges = {"x": np.abs(x).max(axis=(0, 1))}
+    for alpha in (None, 0.5):
+        quantize_int8(model, tmp_path / f"q{alpha}.onnx", ranges=ranges, alpha=alpha, groups=smoothing_groups(model))
+        assert model.SerializeToString() == before
+        assert np.abs(run(tmp_path / f"q{alpha}.onnx", x) - run(matmul_graph, x)).max() < 0.2
