@@ -15,7 +15,7 @@ from textclassify.runtime.decoding import decode_predictions, encode_targets, lo
 from textclassify.runtime.errors import BundleError, ConfigError, DataError, LLMError
 from textclassify.runtime.llm import LLMScorer, LLMSettings
 from textclassify.runtime.llm.usage import usage_delta
-from textclassify.runtime.manifest import BundleManifest, load_manifest, read_verified
+from textclassify.runtime.manifest import BundleManifest, load_manifest, opened_verified
 from textclassify.runtime.metrics import classification_metrics
 from textclassify.runtime.recheck import rows_to_recheck
 from textclassify.runtime.sessions import CPU, CUDA, OnnxModel, resolve_providers, session_options
@@ -56,8 +56,8 @@ def load_bundle(
     tokenizer = BundleTokenizer.from_manifest(manifest)
     cal = manifest.calibrator
     # The calibrator is a tiny [B, C] graph: on CPU it costs less than two device copies per call.
-    calibrator = OnnxModel(cal["file"], read_verified(manifest, cal["file"]), [CPU], options,
-                           [cal["input"]], [cal["output"]])
+    with opened_verified(manifest, cal["file"]) as cal_path:
+        calibrator = OnnxModel(cal["file"], cal_path, [CPU], options, [cal["input"]], [cal["output"]])
     chosen = _choose_variant(variant, manifest, CUDA in provider_list)
     model = _open_model(manifest, chosen, provider_list, options)
     if not model.uses_cuda and CUDA in provider_list:
@@ -71,7 +71,6 @@ def load_bundle(
     if chosen == "int8" and int8_recheck and manifest.int8_recheck_margin is not None:
         fused, ml = manifest.int8_recheck_margin, manifest.int8_recheck_margin_ml
         recheck = (_open_model(manifest, "fp32", provider_list, options), fused, fused if ml is None else ml)
-    manifest.verified_bytes.clear()  # the sessions hold what they need; unused variants' bytes go
     scorer = LLMScorer(settings, manifest.labels, manifest.multi_label,
                        cache_dir=None if cache_dir is None else os.fspath(cache_dir), api_key=llm_api_key)
     bundle = Bundle(manifest=manifest, tokenizer=tokenizer, calibrator=calibrator, model=model, scorer=scorer,
@@ -313,7 +312,8 @@ def _llm_settings(manifest: BundleManifest, base_url: str | None) -> LLMSettings
 
 def _open_model(manifest: BundleManifest, variant: str, providers: list[str], options: Any) -> OnnxModel:
     name = manifest.variants[variant]
-    return OnnxModel(name, read_verified(manifest, name), providers, options, K.INPUT_NAMES, K.OUTPUT_NAMES)
+    with opened_verified(manifest, name) as path:
+        return OnnxModel(name, path, providers, options, K.INPUT_NAMES, K.OUTPUT_NAMES)
 
 
 def _choose_variant(requested: str, manifest: BundleManifest, on_cuda: bool) -> str:

@@ -88,16 +88,16 @@ def inference_session(model: bytes | str, providers: Sequence[str], options: Any
 
 
 class OnnxModel:
-    """One InferenceSession built from verified bytes; `run` binds IO on CUDA, plain `run` on CPU.
+    """One InferenceSession on a verified graph (bytes or path); `run` binds IO on CUDA, plain `run` on CPU.
 
     Thread-safe: ORT sessions allow concurrent `run`; an IO binding is created per call, never shared.
     """
 
-    def __init__(self, name: str, model_bytes: bytes, providers: Sequence[str], options: Any,
+    def __init__(self, name: str, model: bytes | str, providers: Sequence[str], options: Any,
                  required_inputs: Sequence[str], required_outputs: Sequence[str]) -> None:
         self.name = name
         try:
-            self.session = inference_session(model_bytes, providers, options)
+            self.session = inference_session(model, providers, options)
         except Exception as e:  # noqa: BLE001 -- ORT raises its own exception types for malformed graphs
             raise BundleError(f"{name}: ONNX Runtime could not load it ({_first_line(e)}).") from None
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}

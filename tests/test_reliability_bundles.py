@@ -388,6 +388,22 @@ def test_untampered_copy_loads_under_the_guard(copy, guarded, tmp_path):
     assert guarded == ["Tokenizer.from_str", "InferenceSession"]
 
 
+def test_graph_naming_unlisted_external_data_is_refused(copy, tmp_path):
+    """model.onnx re-saved with its weights in weights.bin beside it, unlisted, and the manifest re-hashed: ONNX
+    Runtime opening that path itself reads the weights, but load_bundle hands it the verified graph alone."""
+    import onnxruntime
+
+    onnx.save_model(onnx.load(copy / "model.onnx"), copy / "model.onnx", save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    m = _manifest(copy)
+    data = (copy / "model.onnx").read_bytes()
+    m["files"]["model.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    _write_manifest(copy, m)
+    onnxruntime.InferenceSession(str(copy / "model.onnx"), providers=["CPUExecutionProvider"])  # reachable there
+    with pytest.raises(BundleError, match=r"^model.onnx: ONNX Runtime could not load it \(.*[Ee]xternal data"):
+        load_bundle(copy, providers="cpu", cache_dir=tmp_path / "cache")
+
+
 def test_wrong_graph_with_valid_hash_is_refused(copy, tmp_path):
     """A manifest re-hashed after model.onnx was replaced by the calibrator: refused for its missing inputs."""
     shutil.copyfile(copy / "calibrator.onnx", copy / "model.onnx")

@@ -5,13 +5,14 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.support.toy_bundle import read_manifest, write_manifest, write_toy_bundle
 from textclassify.runtime.errors import BundleError
-from textclassify.runtime.manifest import load_manifest, read_verified, sha256_file
+from textclassify.runtime.manifest import load_manifest, opened_verified, read_verified, sha256_file
 
 LABELS = ["billing", "shipping", "technical"]
 LLM = {"provider": "openai-compatible", "model": "toy", "base_url": "http://127.0.0.1:9/v1",
@@ -254,6 +255,70 @@ def test_read_verified_catches_change_after_verification(bundle: Path) -> None:
         read_verified(m, "calibrator.onnx")
     with pytest.raises(BundleError, match="^notes.txt: not listed in manifest.json 'files'"):
         read_verified(m, "notes.txt")
+
+
+def test_opened_verified_gives_a_private_link_and_removes_it(bundle: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime gets a symlink to the verified file, alone in a fresh directory that is gone afterwards."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    m = load_manifest(bundle)
+    with opened_verified(m, "model.onnx") as path:
+        assert isinstance(path, str) and os.listdir(os.path.dirname(path)) == ["model.onnx"]
+        assert Path(path).read_bytes() == (bundle / "model.onnx").read_bytes()
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_opened_verified_catches_a_file_rewritten_while_open(bundle: Path) -> None:
+    """A file rewritten between verification and the end of its use is refused, even with the same size."""
+    m = load_manifest(bundle)
+    original = (bundle / "model.onnx").read_bytes()
+    with pytest.raises(BundleError, match="^model.onnx: changed on disk after it was verified"):
+        with opened_verified(m, "model.onnx"):
+            (bundle / "model.onnx").write_bytes(b"\0" * len(original))
+    (bundle / "model.onnx").write_bytes(original)
+    m = load_manifest(bundle)
+    shutil.copyfile(bundle / "calibrator.onnx", bundle / "renamed")
+    with pytest.raises(BundleError, match="^calibrator.onnx: changed on disk after it was verified"):
+        with opened_verified(m, "calibrator.onnx"):
+            os.replace(bundle / "renamed", bundle / "calibrator.onnx")  # same bytes, another file
+    with pytest.raises(BundleError, match="^notes.txt: not listed in manifest.json 'files'"):
+        with opened_verified(m, "notes.txt"):
+            pass
+
+
+def test_file_rewritten_during_hashing_is_refused(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that touches a file while its sha256 is computed makes verification fail, not pass stale."""
+    import textclassify.runtime.manifest as manifest_module
+
+    real = manifest_module._sha256_stream
+
+    def hash_while_written(fh: object) -> str:
+        digest = real(fh)
+        os.utime(bundle / "tokenizer.json", ns=(1, 1))
+        return digest
+
+    monkeypatch.setattr(manifest_module, "_sha256_stream", hash_while_written)
+    with pytest.raises(BundleError, match="^tokenizer.json: changed on disk while it was being verified"):
+        load_manifest(bundle)
+
+
+def test_opened_verified_falls_back_to_verified_bytes_without_symlinks(bundle: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no symlink can be made, the bytes are read and re-hashed instead, so tampering is still caught."""
+    def no_symlinks(*args: object, **kwargs: object) -> None:
+        raise OSError("symlinks not permitted")
+
+    monkeypatch.setattr(os, "symlink", no_symlinks)
+    m = load_manifest(bundle)
+    with opened_verified(m, "calibrator.onnx") as data:
+        assert data == (bundle / "calibrator.onnx").read_bytes()
+    data = bytearray((bundle / "calibrator.onnx").read_bytes())
+    data[10] ^= 0xFF
+    (bundle / "calibrator.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="^calibrator.onnx: sha256 differs from the manifest"):
+        with opened_verified(m, "calibrator.onnx"):
+            pass
 
 
 def test_write_manifest_roundtrip(bundle: Path) -> None:
