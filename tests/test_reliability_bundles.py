@@ -385,7 +385,7 @@ def test_untampered_copy_loads_under_the_guard(copy, guarded, tmp_path):
     """The same copy, untouched, gets through verification to ONNX Runtime (the guard is what stops it)."""
     with pytest.raises(BundleError, match=r"ONNX Runtime could not load it \(ONNX Runtime was asked"):
         load_bundle(copy, providers="cpu", cache_dir=tmp_path / "cache")
-    assert guarded == ["Tokenizer.from_str", "InferenceSession"]
+    assert set(guarded) == {"Tokenizer.from_str", "InferenceSession"}  # graphs open on threads: any order
 
 
 def test_graph_naming_unlisted_external_data_is_refused(copy, tmp_path):
