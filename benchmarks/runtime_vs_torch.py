@@ -149,8 +149,8 @@ def engines(clf, bundle: Path, int8_path: Path, threads: int, recheck_margin: fl
         with torch.inference_mode():
             return wrapper(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(scores)).fused_logits.numpy()
 
-    def onnx_run(path: Path):
-        session = inference_session(str(path), [CPU], session_options(threads))  # as the runtime opens it
+    def onnx_run(path: Path, spinning: bool = True):
+        session = inference_session(str(path), [CPU], session_options(threads, spinning=spinning))  # as the runtime
         return lambda ids, mask, scores: session.run(
             ["fused_logits"], {"input_ids": ids, "attention_mask": mask, "llm_scores": scores})[0]
 
@@ -159,10 +159,11 @@ def engines(clf, bundle: Path, int8_path: Path, threads: int, recheck_margin: fl
 
     fp32, int8 = onnx_run(bundle / "model.onnx"), onnx_run(int8_path)
     runs = {"pytorch eager": each_batch(torch_run), "bundle fp32": each_batch(fp32), "bundle int8": each_batch(int8)}
-    if recheck_margin is not None:
+    if recheck_margin is not None:  # load_bundle opens this pair without spinning threads, so does this
+        int8_pair, fp32_pair = onnx_run(int8_path, spinning=False), onnx_run(bundle / "model.onnx", spinning=False)
         runs["bundle int8 + recheck"] = lambda batches, calibrated: recheck_pass(
-            run_all(int8, batches, calibrated), fp32, batches, calibrated, recheck_margin, clf.multi_label_,
-            clf.thresholds_)
+            run_all(int8_pair, batches, calibrated), fp32_pair, batches, calibrated, recheck_margin,
+            clf.multi_label_, clf.thresholds_)
     return runs
 
 

@@ -68,13 +68,20 @@ def resolve_providers(providers: str | Sequence[str]) -> list[str]:
     return ordered + [CPU]
 
 
-def session_options(intra_op_num_threads: int | None = None) -> Any:
-    """SessionOptions: full graph optimisation, ONNX format only, optional intra-op thread count."""
+def session_options(intra_op_num_threads: int | None = None, *, spinning: bool = True) -> Any:
+    """SessionOptions: full graph optimisation, ONNX format only, optional intra-op thread count.
+
+    `spinning=False` stops the intra-op threads busy-waiting for work after each run: right when two
+    sessions take turns on the same cores (int8 and its fp32 recheck), where one's spinning threads
+    would take the cores from the other.
+    """
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.load_model_format", "ONNX")
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if intra_op_num_threads is not None:
         options.intra_op_num_threads = int(intra_op_num_threads)
     return options

@@ -102,6 +102,29 @@ def test_int8_rows_within_the_margin_come_from_fp32(tiny_roberta_dir, llm_server
         np.testing.assert_allclose(result.probabilities, want, atol=1e-5)
 
 
+def _spinning(model) -> str | None:
+    try:
+        return model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    except Exception:  # noqa: BLE001 -- ORT raises a plain error for an unset key: the default, spinning
+        return None
+
+
+def test_int8_and_its_recheck_graph_open_without_spinning_threads(tiny_roberta_dir, tmp_path):
+    """The int8/fp32 pair takes turns on the cores, so neither spins; a single graph keeps ORT's default.
+    The calibrator runs on one thread (no intra-op pool of its own)."""
+    llm = {"provider": "openai-compatible", "model": "fake", "base_url": "http://127.0.0.1:9/v1",
+           "score_method": "json", "prompt_version": "v1"}
+    path = _int8_toy(tmp_path / "b", Path(tiny_roberta_dir) / "tokenizer.json", False, 0.5, llm)
+    kw = {"cache_dir": tmp_path / "cache", "providers": "cpu", "intra_op_num_threads": 2}
+    with load_bundle(path, variant="int8", **kw) as bundle:
+        assert [_spinning(bundle._model), _spinning(bundle._recheck_model)] == ["0", "0"]
+        assert bundle._calibrator.session.get_session_options().intra_op_num_threads == 1
+    for variant, recheck in (("int8", False), ("fp32", True)):
+        with load_bundle(path, variant=variant, int8_recheck=recheck, **kw) as bundle:
+            assert _spinning(bundle._model) is None and bundle._recheck_model is None
+            assert bundle._model.session.get_session_options().intra_op_num_threads == 2
+
+
 def test_rows_without_llm_scores_use_the_ml_margin(tiny_roberta_dir, tmp_path):
     """Degraded rows (decided by ml_logits) are rechecked against recheck_margin_ml, not the fused one."""
     llm = {"provider": "openai-compatible", "model": "fake", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0,
