@@ -13,7 +13,8 @@ a loopback LLM that is right about 70% of the time), saves it, exports the bundl
      the benchmark texts and the parity texts, with the fp32 margins of the texts that differ;
   3. cold start: a fresh process doing import + load + first prediction (1 text, then 32; LLM scores
      from the warm cache) for the runtime (fp32, int8 with and without the recheck) and for the
-     PyTorch path (AutoFusionClassifier.load), with each process's peak RSS.
+     PyTorch path (AutoFusionClassifier.load), with each process's peak RSS; bytecode cached as a pip
+     install has it, one untimed run per path, then the paths take turns.
 Targets on a 2-core CPU: fp32 >= 1.9x eager, int8 >= 3.5x with >= 99.5% agreement, runtime cold
 start <= 1/10 of the PyTorch path. The machine may be shared: the load average is printed too.
 """
@@ -218,18 +219,32 @@ def throughput(runs, batches, calibrated, repeats: int) -> dict[str, float]:
     return {name: n / statistics.median(values) for name, values in times.items()}
 
 
-def cold_start(code: str, args: list[str], repeats: int) -> dict[str, float]:
-    """Fresh interpreter per run; the median run (by process wall time) with its in-process breakdown."""
-    results = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"cold-start child failed:\n{proc.stderr[-2000:]}")
-        results.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "process_wall_s": wall})
-    results.sort(key=lambda r: r["process_wall_s"])
-    return results[len(results) // 2]
+def child_env(work: Path) -> dict[str, str]:
+    """The cold-start children's environment: Python bytecode cached (under work/pycache), as a pip install
+    has it. Without this, PYTHONDONTWRITEBYTECODE (set on this sandbox) makes an editable checkout compile
+    textclassify from source in every fresh process (about 20 ms more for the runtime's imports)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    return env
+
+
+def cold_start_rounds(children: dict[str, tuple[str, list[str]]], repeats: int, env: dict[str, str]):
+    """name -> the median run (by process wall time) of fresh interpreters running `code args`.
+
+    One untimed run each first (bytecode, page cache), then `repeats` rounds taking turns, so drift in
+    the machine's load falls on every path alike."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in children}
+    for round_ in range(repeats + 1):
+        for name, (code, args) in children.items():
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
+                                  env=env)
+            wall = time.perf_counter() - start
+            if proc.returncode != 0:
+                raise RuntimeError(f"cold-start child failed:\n{proc.stderr[-2000:]}")
+            if round_:
+                runs[name].append({**json.loads(proc.stdout.strip().splitlines()[-1]), "process_wall_s": wall})
+    return {name: sorted(r, key=lambda x: x["process_wall_s"])[len(r) // 2] for name, r in runs.items()}
 
 
 def load_average() -> str:
@@ -393,10 +408,10 @@ def cold_starts(clf, bundle: Path, int8_path: Path, saved: Path, texts: list[str
         paths.append(("runtime int8", RUNTIME_CHILD, [str(bundle), "int8"]))
         paths.append(("int8 no recheck", RUNTIME_CHILD, [str(bundle), "int8-norecheck"]))
     paths.append(("pytorch path", TORCH_CHILD, [str(saved), "-"]))
-    cold = {}
+    cold, env = {}, child_env(work)
     for n in COLD_TEXTS:
-        for name, code, head in paths:
-            cold[(name, n)] = cold_start(code, [*head, str(cache), str(cold_file), str(n)], args.cold_repeats)
+        children = {name: (code, [*head, str(cache), str(cold_file), str(n)]) for name, code, head in paths}
+        cold.update({(name, n): r for name, r in cold_start_rounds(children, args.cold_repeats, env).items()})
     return cold, server.requests - before
 
 
@@ -415,7 +430,8 @@ def report(rates, fp32_vs_torch, agreement, int8_note, cold, cold_requests, n_te
         print(f"  {run_name:22s} {name + ' texts':17s} {n:5d}  {value:7.2%}   differing texts' fp32 margins: "
               f"{margins} (median margin of all: {median:.2f})")
     print(f"\n== cold start: fresh process, import + load + first prediction (LLM scores from the cache; "
-          f"{cold_requests} LLM requests during these runs); median of {args.cold_repeats}")
+          f"{cold_requests} LLM requests during these runs); bytecode cached; median of {args.cold_repeats} "
+          f"rounds, paths taking turns")
     print(f"  {'path':14s} {'texts':>5s} {'process':>8s} {'import':>7s} {'load':>7s} {'predict':>8s} "
           f"{'peak RSS':>9s}  torch?")
     for (name, n), r in cold.items():
