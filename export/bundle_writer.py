@@ -4,7 +4,9 @@ Every file goes into a staging directory beside the target; the manifest is writ
 staging directory becomes the bundle in one rename (an existing bundle is swapped out atomically
 with renameat2(RENAME_EXCHANGE) where the OS has it, else renamed aside first and restored on
 failure). A failure or a kill therefore leaves the previous bundle, or none -- never a half-written
-one; leftovers are hidden `.NAME.export-*` directories beside the target.
+one. A running export holds an flock on `.NAME.export-TAG.lock`; a killed one leaves its hidden
+`.NAME.export-TAG*` entries, which the next export to the same target removes (putting the previous
+bundle back first where the kill fell between the two renames of the fallback swap).
 """
 from __future__ import annotations
 
@@ -24,8 +26,14 @@ from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
 from textclassify.runtime.manifest import BUNDLE_FORMAT, sha256_file
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no lock files and no clean-up of a killed export's leftovers
+    fcntl = None  # type: ignore[assignment]
+
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+_LOCK_SUFFIX = ".lock"
 
 
 def bundle_tokenizer(hf_tokenizer: Any, max_length: int) -> tuple[str, dict[str, Any]]:
@@ -91,9 +99,12 @@ class BundleStage:
     def __init__(self, target: Path) -> None:
         self.target = target
         target.parent.mkdir(parents=True, exist_ok=True)
+        recover_stale_stages(target)
         tag = uuid.uuid4().hex[:10]
         self.dir = target.parent / f".{target.name}.export-{tag}"
         self.scratch = target.parent / f".{target.name}.export-{tag}-work"
+        self._lock_path = target.parent / f"{self.dir.name}{_LOCK_SUFFIX}"
+        self._lock_fd = _create_locked(self._lock_path)  # before the folders: a stage without it is never reaped
         self.dir.mkdir()
         self.scratch.mkdir()
         self.committed = False
@@ -117,6 +128,10 @@ class BundleStage:
         shutil.rmtree(self.scratch, ignore_errors=True)
         if not self.committed:
             shutil.rmtree(self.dir, ignore_errors=True)
+        if self._lock_fd is not None:
+            self._lock_path.unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def commit(self, manifest: dict[str, Any]) -> Path:
         """Hash every staged file into manifest["files"], write manifest.json last, swap into place."""
@@ -152,6 +167,62 @@ class BundleStage:
             os.rename(aside, self.target)
             raise
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_stale_stages(target: Path) -> list[str]:
+    """Remove what killed exports to `target` left beside it; returns the names removed or restored.
+
+    A stage is stale when its lock file can be locked (its owner is gone). Where the kill fell between the
+    fallback swap's two renames, the target is missing and `-previous` holds the previous bundle: it is
+    renamed back first. Stages still locked (a live export) and anything without a lock file are left alone.
+    """
+    handled: list[str] = []
+    if fcntl is None or not target.parent.is_dir():
+        return handled
+    prefix = f".{target.name}.export-"
+    for lock in sorted(p for p in target.parent.iterdir() if p.name.startswith(prefix)
+                       and p.name.endswith(_LOCK_SUFFIX)):
+        fd = _try_lock(lock)
+        if fd is None:
+            continue
+        try:
+            stage = lock.with_name(lock.name[:-len(_LOCK_SUFFIX)])
+            aside = stage.with_name(stage.name + "-previous")
+            if aside.is_dir() and not target.exists():
+                os.rename(aside, target)
+            for leftover in (aside, stage, stage.with_name(stage.name + "-work")):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            handled.append(stage.name)
+        except OSError:
+            continue  # left as it was; the next export tries again
+        finally:
+            os.close(fd)
+    return handled
+
+
+def _create_locked(path: Path) -> int | None:
+    """Create `path` and hold an exclusive flock on it (None where flock does not exist)."""
+    if fcntl is None:
+        return None
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding `path`'s exclusive flock, or None when another process holds it (or it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -122,3 +122,35 @@ def test_empty_directory_is_an_acceptable_target(tmp_path):
     (tmp_path / "b").mkdir()
     write_bundle(tmp_path / "b", {"model.onnx": b"abc"})
     assert (tmp_path / "b" / K.MANIFEST_FILE).exists()
+
+
+def test_a_killed_exports_leftovers_are_removed_by_the_next_one(tmp_path):
+    """A stage whose lock nobody holds (its export was killed) is removed by the next export to that target;
+    a live export's stage (lock held) and hidden folders without a lock file are left alone."""
+    target = tmp_path / "bundle"
+    write_bundle(target, {"a.txt": b"old"})
+    live = BundleStage(target)  # holds its lock until cleanup
+    for name in (".bundle.export-0123456789", ".bundle.export-0123456789-work"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx").write_bytes(b"half")
+    (tmp_path / ".bundle.export-0123456789.lock").write_bytes(b"")  # nobody holds it: a dead export's
+    (tmp_path / ".bundle.export-unrelated").mkdir()  # no lock file: not ours to judge
+    write_bundle(target, {"a.txt": b"new"})
+    assert (target / "a.txt").read_bytes() == b"new"
+    assert hidden(tmp_path) == sorted([".bundle.export-unrelated", live.dir.name, live.scratch.name,
+                                       live.dir.name + ".lock"])
+    live.cleanup()
+    assert hidden(tmp_path) == [".bundle.export-unrelated"]
+
+
+def test_a_kill_between_the_fallback_renames_gets_the_previous_bundle_back(tmp_path):
+    """Killed after the old bundle was renamed aside and before the new one was renamed in: the next export's
+    clean-up renames the previous bundle back before anything else."""
+    target = tmp_path / "bundle"
+    write_bundle(target, {"a.txt": b"old"})
+    stage = ".bundle.export-abcdef0123"
+    (tmp_path / f"{stage}.lock").write_bytes(b"")
+    target.rename(tmp_path / f"{stage}-previous")
+    (tmp_path / stage).mkdir()
+    assert bundle_writer.recover_stale_stages(target) == [stage]
+    assert (target / "a.txt").read_bytes() == b"old" and hidden(tmp_path) == []

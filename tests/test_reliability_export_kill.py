@@ -1,5 +1,6 @@
 """Export killed (SIGKILL) at any point: the target holds the previous bundle intact, the new complete one,
-or nothing -- never a half-written bundle; leftovers are recognisable hidden `.NAME.export-*` folders.
+or nothing -- never a half-written bundle; leftovers are recognisable hidden `.NAME.export-*` entries,
+and the next export to the same target removes them (restoring the previous bundle where none was left).
 
 Part 1 runs the real `fusion-export` command on a saved tiny model and kills it as each phase shows up
 on disk (the staging folder created; model.onnx written, int8 quantisation running). Part 2
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FUSION_EXPORT = Path(sys.executable).with_name("fusion-export")
 FITTED_ATTRIBUTES = ("model_", "tokenizer_", "calibrator_", "labels_", "multi_label_", "thresholds_",
                      "max_length_", "metrics_", "validation_", "llm_settings_")
-LEFTOVER = re.compile(r"^\.bundle\.export-[0-9a-f]{10}(-work|-previous)?$")
+LEFTOVER = re.compile(r"^\.bundle\.export-[0-9a-f]{10}(-work|-previous|\.lock)?$")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def outcome(target: Path, previous: Path | None) -> str:
 
 # --------------------------------------------------------------------- part 1: the real command
 def _staging(parent: Path) -> Path | None:
-    found = [p for p in parent.glob(".bundle.export-*") if not p.name.endswith(("-work", "-previous"))]
+    found = [p for p in parent.glob(".bundle.export-*") if not p.name.endswith(("-work", "-previous", ".lock"))]
     return found[0] if found else None
 
 
@@ -132,9 +133,8 @@ def test_killed_fusion_export_leaves_previous_or_nothing(saved, tmp_path):
     by_phase = {r["phase"]: r for r in results}
     assert {K.TOKENIZER_FILE, K.CALIBRATOR_FILE, K.MODEL_FILE} <= set(by_phase["int8 quantising"]["staged_at_kill"])
 
-    # The dead run's leftovers do not block the next export, which replaces the previous bundle whole.
+    # The next export replaces the previous bundle whole and removes the dead run's hidden entries.
     parent = tmp_path / f"run{list(PHASES).index('int8 quantising')}"
-    before = leftovers(parent)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -142,7 +142,7 @@ def test_killed_fusion_export_leaves_previous_or_nothing(saved, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert load_manifest(parent / "bundle").max_length == 64 and tree(parent / "bundle") != tree(previous)
-    assert leftovers(parent) == before  # the dead run's hidden folders stay; the new export left none
+    assert leftovers(parent) == []
 
 
 # ------------------------------------------------------------ part 2: every step of the commit
@@ -229,6 +229,16 @@ def _outcome_after_commit_kill(parent: Path, previous: Path) -> dict:
     return result
 
 
+def _outcome_after_recovery(parent: Path, previous: Path) -> dict:
+    """What a next export finds once it has cleaned up (bundle_writer.recover_stale_stages)."""
+    from textclassify.export.bundle_writer import recover_stale_stages
+
+    recover_stale_stages(parent / "bundle")
+    result = _outcome_after_commit_kill(parent, previous)
+    result.pop("previous_kept_aside", None)
+    return result
+
+
 @pytest.mark.parametrize("exchange", ["renameat2", "unavailable"])
 def test_kill_at_every_commit_step(saved, tmp_path, exchange):
     """SIGKILL before and after each fsync, rename/exchange and clean-up: previous, new, or (in the rename-aside
@@ -253,7 +263,11 @@ def test_kill_at_every_commit_step(saved, tmp_path, exchange):
         assert codes[k] == -signal.SIGKILL, (k, event, codes[k])
         run = _outcome_after_commit_kill(tmp_path / "w" / f"k{k}", previous)
         assert all(LEFTOVER.match(name) for name in run["leftovers"]), run
-        lines.append(f"{k:2d} {event:28s} -> {run['outcome']:8s} leftovers={run['leftovers']}")
+        recovered = _outcome_after_recovery(tmp_path / "w" / f"k{k}", previous)
+        lines.append(f"{k:2d} {event:28s} -> {run['outcome']:8s} leftovers={run['leftovers']}; next export's "
+                     f"clean-up -> {recovered}")
+        # the next export removes every leftover; where the kill left no bundle, the previous one is back
+        assert recovered == {"leftovers": [], "outcome": "previous" if run["outcome"] == "none" else run["outcome"]}
         if k >= swapped:
             assert run["outcome"] == "new", (k, event, run)
         elif run["outcome"] == "none":
