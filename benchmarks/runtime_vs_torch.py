@@ -170,7 +170,8 @@ def engines(clf, bundle: Path, int8_path: Path, threads: int, recheck_margin: fl
 
 def recheck_pass(logits, fp32, batches, calibrated, margin: float, multi_label: bool, thresholds):
     """What a predict call with load_bundle(variant="int8") does after its int8 batches: the rows within
-    `margin` of a flip, gathered over the whole call, run again through fp32 in batches of 32."""
+    `margin` of a flip, gathered over the whole call, sorted by length and run again through fp32 in
+    batches of 32, each padded to its longest row (Bundle._recheck -> Bundle._run_model)."""
     import numpy as np
 
     from textclassify.runtime.recheck import rows_to_recheck
@@ -181,6 +182,8 @@ def recheck_pass(logits, fp32, batches, calibrated, margin: float, multi_label: 
     width = max(i.shape[1] for i, _, _ in batches)
     ids = np.concatenate([np.pad(i, ((0, 0), (0, width - i.shape[1]))) for i, _, _ in batches])[rows]
     mask = np.concatenate([np.pad(m, ((0, 0), (0, width - m.shape[1]))) for _, m, _ in batches])[rows]
+    by_length = np.argsort(mask.sum(axis=1), kind="stable")
+    rows, ids, mask = rows[by_length], ids[by_length], mask[by_length]
     logits = logits.copy()
     for start in range(0, len(rows), BATCH):
         part = slice(start, start + BATCH)
