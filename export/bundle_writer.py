@@ -105,9 +105,13 @@ class BundleStage:
         self.scratch = target.parent / f".{target.name}.export-{tag}-work"
         self._lock_path = target.parent / f"{self.dir.name}{_LOCK_SUFFIX}"
         self._lock_fd = _create_locked(self._lock_path)  # before the folders: a stage without it is never reaped
-        self.dir.mkdir()
-        self.scratch.mkdir()
         self.committed = False
+        try:
+            self.dir.mkdir()
+            self.scratch.mkdir()
+        except BaseException:
+            self.cleanup()  # no stage: release and remove the lock too
+            raise
 
     def path(self, name: str) -> Path:
         """Where a bundle file is written while staging."""
