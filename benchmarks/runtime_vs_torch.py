@@ -196,8 +196,9 @@ def int8_agreement(fp32, int8) -> tuple[int, float, list[float], float]:
     """(texts, share whose int8 argmax is fp32's, fp32 margins of those that differ, median fp32 margin)."""
     import numpy as np
 
-    top2 = np.sort(fp32, axis=1)[:, -2:]
-    margins = top2[:, 1] - top2[:, 0]
+    from textclassify.runtime.recheck import decision_margins
+
+    margins = decision_margins(fp32, multi_label=False)
     differ = fp32.argmax(1) != int8.argmax(1)
     return len(fp32), float((~differ).mean()), sorted(float(m) for m in margins[differ]), float(np.median(margins))
 

@@ -360,11 +360,13 @@ class _ExportRun:
         from textclassify.export.variants import INT8_SMOOTHING_ALPHAS, quantize_int8
 
         best: tuple[float, Path, dict[str, Any]] | None = None
+        first: tuple[Path, dict[str, Any]] | None = None  # INT8_SMOOTHING_ALPHAS starts with None: unsmoothed
         tried: dict[str, Any] = {}
         for alpha in INT8_SMOOTHING_ALPHAS:
             label = "none" if alpha is None else str(alpha)
             path = self.stage.work(f"model.int8.alpha-{label}.onnx")
             info = quantize_int8(source, path, ranges=ranges, alpha=alpha, groups=groups)
+            first = first or (path, info)
             try:
                 got = parity.run_graph(parity.open_session(path), self.tokenizer, self.data, self.calibrated,
                                        (size,), self.spec)
@@ -376,8 +378,8 @@ class _ExportRun:
             if best is None or error < best[0]:
                 best = (error, path, info)
         if best is None:  # every candidate failed to run: the gate reports it on the unsmoothed graph
-            path = self.stage.work("model.int8.alpha-none.onnx")
-            return path, quantize_int8(source, path, groups=groups), tried
+            assert first is not None
+            return first[0], first[1], tried
         return best[1], best[2], tried
 
     def _fp16(self) -> None:

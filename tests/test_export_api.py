@@ -176,6 +176,33 @@ def test_int8_is_the_smoothquant_strength_closest_to_pytorch(mc_bundle):
         assert 0 < moved <= 2 * parity[f"max_abs_diff_{logits}"]
 
 
+def test_int8_candidates_that_cannot_run_ship_the_unsmoothed_graph(mc_model, tmp_path, monkeypatch):
+    """When no SmoothQuant candidate runs in the search, each reason is recorded and the unsmoothed graph
+    (quantised once) goes through the gate."""
+    from textclassify.export import parity, variants
+
+    real_open, real_quantize = parity.open_session, variants.quantize_int8
+    written: list[str] = []
+
+    def no_candidates(path, *args, **kwargs):
+        if Path(path).name.startswith("model.int8.alpha-"):
+            raise RuntimeError("no kernel for this candidate")
+        return real_open(path, *args, **kwargs)
+
+    def counting(src, dst, **kwargs):
+        written.append(Path(dst).name)
+        return real_quantize(src, dst, **kwargs)
+
+    monkeypatch.setattr(parity, "open_session", no_candidates)
+    monkeypatch.setattr(variants, "quantize_int8", counting)
+    bundle = export_bundle(mc_model, tmp_path / "b", int8=True, progress=False)
+    int8 = manifest_of(bundle)["graph"]["int8"]
+    assert int8["smoothquant_alpha"] is None
+    assert set(int8["smoothquant_tried"]) == {"none", "0.6", "0.75", "0.9"}
+    assert all(v == "could not run: no kernel for this candidate" for v in int8["smoothquant_tried"].values())
+    assert written == [f"model.int8.alpha-{a}.onnx" for a in ("none", "0.6", "0.75", "0.9")]  # "none" once
+
+
 def test_optimised_graph_failing_parity_falls_back_to_plain(mc_model, tmp_path, monkeypatch):
     """When the optimised graph breaks parity, the plain graph ships and the manifest says why."""
     real = optimize.optimize_onnx

@@ -77,9 +77,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-
 class _Locked(Exception):
     """Another process holds the database while it is being set up."""
+
 
 class ScoreCache:
     """The cache file `<cache_dir>/llm_scores.sqlite3`; raises CacheError naming it when unusable."""
