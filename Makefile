@@ -30,7 +30,7 @@ demo: $(STAMP)
 	@$(PY) -m textclassify.train.demo
 
 lint: $(STAMP)
-	@.venv/bin/ruff check runtime train export textclassify tests benchmarks
+	@.venv/bin/ruff check runtime train export src tests benchmarks
 
 clean-venv:
 	rm -rf .venv
