@@ -33,7 +33,7 @@ from textclassify.runtime.llm.prompts import (
     label_codes,
     labels_need_codes,
 )
-from textclassify.runtime.llm.providers import PROVIDERS
+from textclassify.runtime.llm.providers import PROVIDERS, resolve_base_url
 from textclassify.runtime.llm.settings import LLMSettings
 from textclassify.runtime.llm.transport import ProbeFallback, RequestTransport
 
@@ -81,7 +81,7 @@ class LLMScorer(RequestTransport):
             # answers of different models never share cache rows.
             self._key_base_url, self.model = "local", local_model_name(settings.model)
         else:
-            base_url = settings.base_url or preset.base_url
+            base_url = resolve_base_url(settings.provider, settings.base_url)
             if not base_url:
                 raise ConfigError(f"llm_base_url is required for llm_provider {settings.provider!r}")
             self._base_url = self._key_base_url = base_url.rstrip("/")
