@@ -8,6 +8,7 @@ Relative paths are relative to the folder fusion-train runs in, like the command
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ import yaml
 
 from textclassify.runtime.errors import ConfigError
 from textclassify.train.config import DEFAULT_CONFIG, RULES, validate_config
+
+log = logging.getLogger("textclassify.config")
 
 
 class Field(NamedTuple):
@@ -89,7 +92,20 @@ FIELDS: tuple[Field, ...] = (
 )
 
 # Older spellings accepted for the seed's files; giving both an alias and its key is an error.
-ALIASES: dict[str, str] = {"models.ml.ml_model": "models.ml.model_name"}
+ALIASES: dict[str, str] = {
+    "models.ml.ml_model": "models.ml.model_name",
+    "data.file_path": "data.train_path",
+    "fusion.ml_learning_rate": "fusion.ml_lr",
+    "fusion.fusion_learning_rate": "fusion.fusion_lr",
+}
+
+# Seed keys with no counterpart here: checked, then ignored with a warning that says why.
+IGNORED: dict[str, tuple[Any, str, str]] = {
+    "models.llm.max_completion_tokens": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer",
+        "the answer's length follows the score method (one label token for logprobs, a budget per label "
+        "for json)"),
+}
 
 _BY_PATH: dict[str, Field] = {f.path: f for f in FIELDS}
 _CLI_ONLY_DEFAULTS: dict[str, Any] = {"data.train_path": None, "data.test_path": None}
@@ -236,6 +252,13 @@ def _walk(node: Mapping[Any, Any], tree: Mapping[str, Any], prefix: str, found: 
         if a_parent == prefix and a_leaf in node:
             if t_leaf in node:
                 raise ConfigError(f"{alias}: give either {t_leaf} or {a_leaf} under {prefix}, not both.")
+    for path, (check, expected, why) in IGNORED.items():
+        parent, leaf = path.rsplit(".", 1)
+        if parent == prefix and leaf in node:
+            value = node.pop(leaf)
+            if not check(value):
+                raise _fail(path, expected, value)
+            log.warning("%s: accepted for compatibility and ignored: %s.", path, why)
             node[t_leaf] = node.pop(a_leaf)
     for key, value in node.items():
         path = f"{prefix}.{key}" if prefix else str(key)
