@@ -1,0 +1,7 @@
+"""The seed's import path `textclassify.ml.roberta_classifier`.
+
+A re-export of `textclassify.train.encoder_classifier`.
+"""
+from textclassify.train.encoder_classifier import RoBERTaClassifier
+
+__all__ = ["RoBERTaClassifier"]

@@ -1,0 +1,1 @@
+"""The seed's `textclassify.utils` package; see `textclassify.utils.fusion_utils`."""
