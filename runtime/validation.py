@@ -1,23 +1,134 @@
-"""Input checks shared by every public predict method (training model and bundle alike)."""
+"""Input checks shared by every public predict method (training model and bundle alike), and the rules that
+keep user data out of error messages: quoted values are cut short, URL credentials are never echoed."""
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Set
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from textclassify.runtime.errors import DataError
+from textclassify.runtime.errors import ConfigError, DataError
+
+# User data quoted in an error message is cut to this many characters (a 361-byte YAML file once printed
+# a 7.2 MB error line).
+MAX_QUOTED_CHARS = 200
+# Characters of a text the tokenizer sees at most (load_bundle max_text_chars): the encoder keeps at most
+# max_length tokens anyway, and a 5 MB text took 6.6 s and 0.9 GB to tokenise in full.
+DEFAULT_MAX_TEXT_CHARS = 100_000
+LONG_TEXT_POLICIES = ("truncate", "raise")
+
+
+def short_repr(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
+    """repr(value) cut to `limit` characters (marking the cut): what an error message may quote of user data.
+
+    A container's repr is built from a bounded prefix, so quoting a 7 MB structure costs no 7 MB string.
+    """
+    if isinstance(value, (list, tuple)) and len(value) > limit:
+        value = type(value)(value[:limit])
+    elif isinstance(value, dict) and len(value) > limit:
+        value = dict(list(value.items())[:limit])
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__}, nested too deeply>"
+    except Exception:  # noqa: BLE001 -- a hostile __repr__ must not replace the error being reported
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more characters]"
+
+
+def _describe(value: Any) -> str:
+    return f"a {type(value).__module__}.{type(value).__name__}" if type(value).__module__ != "builtins" \
+        else f"a {type(value).__name__}"
 
 
 def validate_texts(texts: Any, what: str = "texts") -> list[str]:
-    """Prediction input must be a list of strings; a single string is rejected (wrap it in a list)."""
+    """Prediction input must be a list (or other sequence) of strings; each refusal names the index.
+
+    Refused: a single string (wrap it in a list), a DataFrame (iterating one yields its column names),
+    a mapping (its keys) and a set (no order, so rows could not be matched to answers), anything not
+    iterable, a non-string item, and a string that is not valid Unicode (a lone surrogate such as
+    "\\ud800", which no tokenizer or HTTP request can carry).
+    """
     if isinstance(texts, (str, bytes)):
         raise DataError(f"{what}: expected a list of strings, got a single {type(texts).__name__}; "
                         "pass [text] instead.")
     if texts is None:
         raise DataError(f"{what}: expected a list of strings, got None.")
+    kind = type(texts).__name__
+    if hasattr(texts, "columns") and hasattr(texts, "iloc"):  # pandas (or alike) DataFrame, without importing it
+        raise DataError(f"{what}: expected a list of strings, got a {kind}; iterating it would give its column "
+                        "names. Pass one column as a list, e.g. df[\"text\"].tolist().")
+    if isinstance(texts, Mapping):
+        raise DataError(f"{what}: expected a list of strings, got a {kind} (a mapping would give its keys); "
+                        "pass list(d.values()) or the texts themselves as a list.")
+    if isinstance(texts, Set):
+        raise DataError(f"{what}: expected a list of strings, got a {kind}, which has no order to match the "
+                        "answers to; pass a list (e.g. sorted(texts)).")
     try:
         items = list(texts)
     except TypeError:
-        raise DataError(f"{what}: expected a list of strings, got {type(texts).__name__}.") from None
+        raise DataError(f"{what}: expected a list of strings, got {kind}.") from None
     for i, text in enumerate(items):
         if not isinstance(text, str):
-            raise DataError(f"{what}[{i}]: expected a string, got {text!r} ({type(text).__name__}).")
+            raise DataError(f"{what}[{i}]: expected a string, got {short_repr(text)} ({_describe(text)}).")
+        check_unicode(text, f"{what}[{i}]")
     return items
+
+
+def check_unicode(text: str, where: str) -> None:
+    """DataError naming `where` when `text` holds a lone surrogate (not encodable as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: not valid Unicode (a lone surrogate {text[e.start]!r} at character {e.start}); "
+                        "fix or drop this text.") from None
+
+
+def check_long_texts(texts: list[str], max_chars: int, policy: str, what: str = "texts") -> list[str]:
+    """Texts cut to `max_chars` characters ('truncate'), or DataError naming the first longer one ('raise')."""
+    if policy == "raise":
+        for i, text in enumerate(texts):
+            if len(text) > max_chars:
+                raise DataError(f"{what}[{i}]: {len(text)} characters is more than max_text_chars {max_chars}; "
+                                "shorten it, or load the bundle with long_texts='truncate'.")
+        return texts
+    return [text if len(text) <= max_chars else text[:max_chars] for text in texts]
+
+
+def url_has_credentials(url: Any) -> bool:
+    """True when an http(s) URL carries a user name or password (`https://user:pass@host/...`)."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "@" in url
+    return "@" in parts.netloc
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user name and password replaced by '***'."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def check_base_url(url: Any, where: str = "llm_base_url") -> None:
+    """ConfigError when an LLM base URL carries credentials; the message never repeats them."""
+    if url_has_credentials(url):
+        raise ConfigError(f"{where}: the URL carries credentials ({redact_url(url)}); they would be written into "
+                          "saved models, bundles and logs. Put credentials in the API key variable (for example "
+                          "OPENAI_API_KEY) instead.")
+
+
+def check_number(value: Any, where: str, lo: float, hi: float, *, integer: bool = False) -> None:
+    """ConfigError unless `value` is a finite number (an int when `integer`) in [lo, hi]."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float) if not integer else int)
+    ok = ok and math.isfinite(value) and lo <= value <= hi
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{where}: expected {kind} in [{lo:g}, {hi:g}], got {short_repr(value)}.")

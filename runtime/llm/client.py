@@ -22,6 +22,7 @@ import numpy as np
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ConfigError, DataError, LLMError, LLMResponseError
+from textclassify.runtime.llm.breaker import BREAKER_COOLDOWN_S, BREAKER_THRESHOLD, CircuitBreaker
 from textclassify.runtime.llm.cache import ScoreCache, resolution_key, score_key
 from textclassify.runtime.llm.loop_thread import LoopThread
 from textclassify.runtime.llm.pricing import cost_usd
@@ -64,6 +65,7 @@ class LLMScorer(RequestTransport):
         self, settings: LLMSettings, labels: Sequence[str], multi_label: bool, *,
         cache_dir: str | os.PathLike[str] | None = K.DEFAULT_CACHE_DIR, api_key: str | None = None,
         backoff_initial_s: float = K.BACKOFF_INITIAL_S, backoff_max_s: float = K.BACKOFF_MAX_S,
+        breaker_threshold: int = BREAKER_THRESHOLD, breaker_cooldown_s: float = BREAKER_COOLDOWN_S,
     ) -> None:
         self.settings = settings
         self.labels = check_labels(labels)
@@ -112,6 +114,7 @@ class LLMScorer(RequestTransport):
         self._sem: asyncio.Semaphore | None = None
         self._client_lock: asyncio.Lock | None = None
         self._lease_s = (settings.timeout_s + self._backoff[1] + 1.0) * (settings.max_retries + 1)
+        self._breaker = CircuitBreaker(breaker_threshold, breaker_cooldown_s)
 
     def _initial_method(self, requested: str) -> str | None:
         can_logprobs = not self.multi_label and (not self._use_codes or len(self.labels) <= MAX_CODES)
@@ -136,7 +139,21 @@ class LLMScorer(RequestTransport):
         """Requests, cache hits, retries, failures, token counts and estimated cost (None if unknown)."""
         usage: dict[str, Any] = dict(self._usage)
         usage["cost_usd"] = cost_usd(self.model, usage["prompt_tokens"], usage["completion_tokens"])
+        usage["circuit_breaker"] = self._breaker.state  # closed | open | half_open
+        usage["circuit_breaker_opened"] = self._breaker.times_opened
         return usage
+
+    def deadline_for(self, n_texts: int) -> float:
+        """Seconds one scoring call of `n_texts` uncached texts may take: llm.deadline_s, or by default the
+        longest the per-request limits allow (every attempt timing out, the longest waits between attempts,
+        in ceil(n / max_concurrency) waves), so that only a client that stopped keeping its own limits hits it."""
+        if self.settings.deadline_s is not None:
+            return float(self.settings.deadline_s)
+        s = self.settings
+        per_text = (s.timeout_s + max(self._backoff[1], K.RETRY_AFTER_MAX_S)) * (s.max_retries + 1)
+        waves = -(-max(n_texts, 1) // s.max_concurrency)
+        start = K.LOCAL_SERVER_START_TIMEOUT_S if s.provider == "local" else 0.0
+        return start + per_text * waves
 
     def score(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Raw scores float32 [n, C] in label order; raises LLMError when any text fails for good."""
@@ -223,17 +240,35 @@ class LLMScorer(RequestTransport):
         from tqdm import tqdm  # here, not at import: 13 ms of a served bundle's cold start
 
         bar = tqdm(total=len(pending), desc="LLM scores", unit="text", file=sys.stderr, disable=not progress)
+        loop = asyncio.get_running_loop()
+        deadline = self.deadline_for(len(pending))
+        deadline_at = loop.time() + deadline
         try:
             if pending and self._method is None:
-                pending = await self._probe(texts, indices, pending, results, bar)
+                try:
+                    pending = await asyncio.wait_for(self._probe(texts, indices, pending, results, bar),
+                                                     timeout=deadline)
+                except asyncio.TimeoutError:
+                    self._fail_after_deadline(results, [j for j, r in enumerate(results) if r is None], indices,
+                                              deadline)
+                    return results
                 pending = self._fill_from_cache(texts, results, pending)
             tasks = [asyncio.ensure_future(self._score_text(texts[j], indices[j], self._method or JSON))
                      for j in pending]
             for task in tasks:
                 task.add_done_callback(lambda _t: bar.update(1))
             try:
-                for j, result in zip(pending, await asyncio.gather(*tasks)):
-                    results[j] = result
+                if tasks:
+                    await asyncio.wait(tasks, timeout=max(0.0, deadline_at - loop.time()))
+                late = [j for j, task in zip(pending, tasks) if not task.done()]
+                for task in tasks:
+                    if not task.done():
+                        task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for j, task in zip(pending, tasks):
+                    if j not in late:
+                        results[j] = task.result()  # re-raises an unexpected exception
+                self._fail_after_deadline(results, late, indices, deadline)
             except BaseException:
                 for task in tasks:
                     task.cancel()
@@ -242,6 +277,15 @@ class LLMScorer(RequestTransport):
         finally:
             bar.close()
         return results
+
+    def _fail_after_deadline(self, results: list[Any], late: list[int], indices: list[int], deadline: float) -> None:
+        """Mark the texts still unanswered when the call's deadline passed as failed."""
+        for j in late:
+            results[j] = LLMError(
+                f"LLM request for text {indices[j]} did not finish within the call's deadline of {deadline:g} s "
+                "(llm.deadline_s); the text was abandoned.",
+                provider=self.settings.provider, model=self.model, text_index=indices[j])
+            self._usage["failures"] += 1
 
     def _fill_from_cache(self, texts: list[str], results: list[Any], pending: list[int] | None = None) -> list[int]:
         pending = list(range(len(texts))) if pending is None else pending
@@ -293,6 +337,9 @@ class LLMScorer(RequestTransport):
         assert self._sem is not None
         while True:
             async with self._sem:
+                if self._breaker.is_open():  # fail at once, before touching the cache: 10,000 texts in < 1 s
+                    self._usage["failures"] += 1
+                    return self._breaker_error(index, 0)
                 claim = None
                 if self._cache is not None and method is not None:
                     key = self._key(text, method)

@@ -103,16 +103,37 @@ def parse_json_scores(content: str, labels: Sequence[str]) -> list[float]:
             raise LLMResponseError(f"label {labels[i]!r} is scored twice in the answer")
         scores[i] = _score_value(labels[i], value)
     if unknown:
-        raise LLMResponseError(f"the answer has keys that are not labels: {sorted(unknown)}")
+        raise LLMResponseError(f"the answer has keys that are not labels: {_quote(sorted(unknown))}")
+    if all(s is None for s in scores):  # `{}` is not "every label scores 0": it says nothing
+        raise LLMResponseError("the answer scores no label")
     return [0.0 if s is None else s for s in scores]
 
 
 def _score_value(label: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LLMResponseError(f"the score of label {label!r} is not a number (got {value!r})")
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise LLMResponseError(f"the score of label {label!r} is outside [0, 1] (got {value!r})")
-    return float(value)
+        raise LLMResponseError(f"the score of label {label!r} is not a number (got {_quote(value)})")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise LLMResponseError(f"the score of label {label!r} is outside [0, 1] (got {_quote(value)})")
+    return number
+
+
+def _quote(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _as_logprob(value: Any) -> float | None:
+    """A logprob as a float, or None when it is not a number; an int too large for a float is +inf."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def first_token_logprobs(choice: dict[str, Any]) -> list[tuple[str, float]] | None:
@@ -128,33 +149,57 @@ def first_token_logprobs(choice: dict[str, Any]) -> list[tuple[str, float]] | No
         if not entry["token"].strip(_TOKEN_STRIP):
             continue  # leading whitespace or a quote before the answer
         top = entry.get("top_logprobs") or [entry]
-        pairs = [(t.get("token"), t.get("logprob")) for t in top if isinstance(t, dict)]
-        return [(tok, float(lp)) for tok, lp in pairs
-                if isinstance(tok, str) and isinstance(lp, (int, float)) and not isinstance(lp, bool)]
+        if not isinstance(top, list):
+            return None
+        pairs = [(t.get("token"), _as_logprob(t.get("logprob"))) for t in top if isinstance(t, dict)]
+        return [(tok, lp) for tok, lp in pairs if isinstance(tok, str) and lp is not None]
     return None
+
+
+# A log-probability is <= 0; servers round, so a little above 0 is accepted (and read as 0).
+LOGPROB_SLACK = 1e-3
 
 
 def logprob_scores(
     pairs: Sequence[tuple[str, float]], labels: Sequence[str], codes: Sequence[str] | None,
 ) -> list[float] | None:
     """Probabilities per label from first-token logprobs, renormalised over the labels; None when no
-    token names a label. With `codes`, a token must be a code; otherwise it must begin a label."""
+    token names a label. With `codes`, a token must be a code; otherwise it must begin a label.
+
+    Computed in log space (log-sum-exp): a logprob of 800 overflowed math.exp. A logprob that is not
+    finite or is above 0 is impossible, so the whole answer is unusable (LLMResponseError).
+    """
     targets = [c.lower() for c in codes] if codes is not None else [label.strip().lower() for label in labels]
-    mass = [0.0] * len(labels)
+    parts: list[list[float]] = [[] for _ in labels]  # log-mass contributions per label
     for token, logprob in pairs:
         tok = token.strip(_TOKEN_STRIP).lower()
-        if not tok or not math.isfinite(logprob):
+        if not tok:
             continue
+        if not math.isfinite(logprob) or logprob > LOGPROB_SLACK:
+            if logprob == -math.inf:
+                continue  # probability 0: a legitimate value
+            raise LLMResponseError(f"token {_quote(token)} has an impossible logprob {logprob!r} "
+                                   "(a log-probability is a finite number <= 0)")
+        logprob = min(logprob, 0.0)
         if codes is not None:
             hits = [i for i, t in enumerate(targets) if t == tok]
         else:
             hits = [i for i, t in enumerate(targets) if t.startswith(tok) or tok.startswith(t)]
         for i in hits:  # a token beginning several labels is split evenly between them
-            mass[i] += math.exp(logprob) / len(hits)
-    total = sum(mass)
-    if total <= 0.0:
+            parts[i].append(logprob - math.log(len(hits)))
+    log_mass = [_logsumexp(p) for p in parts]
+    top = max(log_mass)
+    if top == -math.inf:
         return None
-    return [m / total for m in mass]
+    total = top + math.log(sum(math.exp(m - top) for m in log_mass))
+    return [math.exp(m - total) for m in log_mass]
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    if not values:
+        return -math.inf
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def parse_logprob_scores(
@@ -166,7 +211,7 @@ def parse_logprob_scores(
         raise LLMResponseError("the response carries no logprobs")
     scores = logprob_scores(pairs, labels, codes)
     if scores is None:
-        shown = [tok for tok, _ in pairs[:10]]
+        shown = [tok[:40] for tok, _ in pairs[:10]]
         raise LLMResponseError(f"no top logprob token names a label (tokens {shown})")
     return scores
 

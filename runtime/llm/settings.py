@@ -7,6 +7,7 @@ from typing import Any
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ConfigError
 from textclassify.runtime.llm.providers import PROVIDERS
+from textclassify.runtime.validation import check_base_url, check_number, redact_url, short_repr
 
 
 @dataclass(frozen=True)
@@ -23,15 +24,34 @@ class LLMSettings:
     score_method: str = "auto"
     on_unusable_answer: str = "raise"
     prompt_version: str = K.PROMPT_VERSION
+    # Overall limit in seconds on one scoring call (one predict); None: derived from timeout_s and max_retries
+    # (see LLMScorer.deadline_for). Not part of the cache key: it decides when to stop, never the answer.
+    deadline_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.provider not in PROVIDERS:
-            raise ConfigError(f"llm_provider: expected one of {sorted(PROVIDERS)}, got {self.provider!r}")
-        if self.score_method not in K.SCORE_METHODS:
-            raise ConfigError(f"llm.score_method: expected one of {list(K.SCORE_METHODS)}, got {self.score_method!r}")
-        if self.on_unusable_answer not in K.UNUSABLE_ANSWER_POLICIES:
+        if not isinstance(self.provider, str) or self.provider not in PROVIDERS:
+            raise ConfigError(f"llm_provider: expected one of {sorted(PROVIDERS)}, got {short_repr(self.provider)}")
+        for name in ("model", "base_url"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"llm_{name}: expected a string or None, got {short_repr(value)}")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"llm_base_url: expected an http(s) URL, got {short_repr(redact_url(self.base_url))}")
+        check_base_url(self.base_url)
+        check_number(self.temperature, "llm.temperature", 0.0, 2.0)
+        check_number(self.max_concurrency, "llm.max_concurrency", 1, 1024, integer=True)
+        check_number(self.timeout_s, "llm.timeout_s", 1e-3, 3600.0)
+        check_number(self.max_retries, "llm.max_retries", 0, 50, integer=True)
+        if self.deadline_s is not None:
+            check_number(self.deadline_s, "llm.deadline_s", 1e-3, 7 * 24 * 3600.0)
+        if not isinstance(self.prompt_version, str):
+            raise ConfigError(f"llm.prompt_version: expected a string, got {short_repr(self.prompt_version)}")
+        if not isinstance(self.score_method, str) or self.score_method not in K.SCORE_METHODS:
+            raise ConfigError(f"llm.score_method: expected one of {list(K.SCORE_METHODS)}, "
+                              f"got {short_repr(self.score_method)}")
+        if not isinstance(self.on_unusable_answer, str) or self.on_unusable_answer not in K.UNUSABLE_ANSWER_POLICIES:
             raise ConfigError(f"llm.on_unusable_answer: expected one of {list(K.UNUSABLE_ANSWER_POLICIES)}, "
-                              f"got {self.on_unusable_answer!r}")
+                              f"got {short_repr(self.on_unusable_answer)}")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> LLMSettings:
@@ -40,7 +60,7 @@ class LLMSettings:
         return cls(
             provider=config["llm_provider"], model=config.get("llm_model"), base_url=config.get("llm_base_url"),
             **{k: llm[k] for k in ("temperature", "max_concurrency", "timeout_s", "max_retries", "score_method",
-                                        "on_unusable_answer")
+                                        "on_unusable_answer", "deadline_s")
                if k in llm},
         )
 

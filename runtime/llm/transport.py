@@ -18,6 +18,7 @@ from textclassify.runtime.llm.prompts import JSON, LOGPROBS, build_messages
 if TYPE_CHECKING:
     import asyncio
 
+    from textclassify.runtime.llm.breaker import CircuitBreaker
     from textclassify.runtime.llm.settings import LLMSettings
 
 log = logging.getLogger("textclassify.llm")
@@ -49,6 +50,7 @@ class RequestTransport:
     _client: Any
     _sem: asyncio.Semaphore | None
     _client_lock: asyncio.Lock | None
+    _breaker: CircuitBreaker
 
     async def _ensure_client(self) -> None:
         if self._client is not None:
@@ -92,39 +94,55 @@ class RequestTransport:
                                   use_codes=self._codes is not None)
         attempt, parse_failed = 0, False
         while True:
+            if not self._breaker.allow():
+                raise self._breaker_error(index, attempt)
             kwargs = self._request_kwargs(method)
             status: int | None = None
             request_id = retry_after = None
             answer = ""
             self._usage["requests"] += 1
+            outage = False  # a failure that says the endpoint is down: counts towards the circuit breaker
             try:
                 # The SDK's documented generic call: same auth, base URL, timeout and error mapping as
                 # chat.completions.create, without its per-call transform of typed params, which cost a
                 # quarter of the client's CPU per request in benchmarks/llm_load.py.
+                # httpx's timeout restarts with every byte received (a server dribbling one byte every 2 s
+                # never times out); wait_for bounds the whole request: connect, headers and body.
                 body = {"messages": messages, **kwargs}
-                answer = await self._client.post("/chat/completions", cast_to=str, body=body)
+                answer = await asyncio.wait_for(self._client.post("/chat/completions", cast_to=str, body=body),
+                                                timeout=self.settings.timeout_s)
             except openai.APIStatusError as e:
                 status, request_id, answer = e.status_code, e.request_id, P.response_text(e.response)
                 retry_after = P.retry_after_seconds(e.response.headers)
                 if status == 400 and "response_format" in kwargs:
+                    self._breaker.record_neutral()
                     self._response_format_ok = False  # the server rejects it: ask without, once
                     log.info("%s rejected response_format json_object; asking without it", self.model)
                     continue
                 if status == 400 and probe:
+                    self._breaker.record_neutral()
                     raise ProbeFallback(persist=False) from None
                 retryable, reason, parse_failed = status in (408, 409, 429) or status >= 500, f"HTTP {status}", False
-            except openai.APITimeoutError:
+                outage = status >= 500
+            except (openai.APITimeoutError, asyncio.TimeoutError):
                 retryable, reason, parse_failed = True, f"timed out after {self.settings.timeout_s:g} s", False
+                outage = True
             except openai.APIConnectionError as e:
                 cause = e.__cause__ or e
                 retryable, reason, parse_failed = True, f"connection failed ({type(cause).__name__}: {cause})", False
+                outage = True
             else:
                 status = 200
+                self._breaker.record_success()
                 try:
                     return self._parse(answer, method, probe)
                 except LLMResponseError as e:
                     request_id = P.completion_id(answer)
                     retryable, reason, parse_failed = True, f"unusable answer: {e}", True
+            if outage:
+                self._breaker.record_failure()
+            elif status is not None and status != 200:
+                self._breaker.record_neutral()
             if not retryable or attempt >= self.settings.max_retries:
                 raise self._final_error(index, attempt + 1, status, request_id, reason, answer, parse_failed)
             attempt += 1
@@ -132,6 +150,13 @@ class RequestTransport:
             delay = self._delay(attempt, retry_after)
             log.debug("retrying text %d in %.2f s after %s", index, delay, P.scrub(reason, self._api_key))
             await asyncio.sleep(delay)
+
+    def _breaker_error(self, index: int, attempts: int) -> LLMError:
+        """The error of a text not (or no longer) sent because the circuit breaker is open."""
+        return LLMError(
+            f"LLM request for text {index} was not sent (after {attempts} attempt(s)): {self._breaker.describe()} "
+            f"(provider {self.settings.provider!r}, model {self.model!r})",
+            provider=self.settings.provider, model=self.model, text_index=index)
 
     def _parse(self, body_text: str, method: str, probe: bool) -> tuple[list[float], dict[str, int]]:
         body = P.parse_body(body_text)

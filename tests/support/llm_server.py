@@ -26,7 +26,7 @@ from tests.support.data import keyword_scores
 
 Scorer = Callable[[str, list[str], bool], dict[str, float]]
 FAULT_KINDS = ("429", "500", "502", "503", "stall", "disconnect", "not_json", "bad_scores", "no_choices",
-               "no_logprobs", "no_label_logprobs", "echo_key")
+               "no_logprobs", "no_label_logprobs", "echo_key", "dribble", "empty_json", "huge_logprob")
 JUNK_TOKENS = ("The", "I", "\n")
 _CODE_LINE = re.compile(r"^([A-Z]): (.*)$")
 
@@ -201,6 +201,8 @@ class FakeLLMServer:
         wants_logprobs = bool(body.get("logprobs"))
         if wants_logprobs and not prompt.multi_label:
             content, logprobs = self._logprob_answer(prompt, scores, kind)
+        elif kind == "empty_json":
+            content, logprobs = "{}", None
         else:
             content, logprobs = json.dumps(_bad_scores(scores, fault.opts) if kind == "bad_scores" else scores), None
         choices = [] if kind == "no_choices" else [
@@ -224,6 +226,8 @@ class FakeLLMServer:
             return content, None
         if kind == "no_label_logprobs":
             top = [(tok, math.log(0.3)) for tok in JUNK_TOKENS]
+        elif kind == "huge_logprob":  # an impossible value (a log-probability is <= 0) on a label token
+            top = [(names[0], 800.0)] + [(n, math.log(0.1)) for n in names[1:]]
         else:
             top = [(name, math.log(0.99 * p / total)) for name, p in zip(names, probs)]
             top.append((JUNK_TOKENS[0], math.log(0.01)))
@@ -294,6 +298,9 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None and fault.kind == "stall":
                 time.sleep(float(fault.opts.get("seconds", 3.0)))
                 fault = None  # a late but normal answer, if anyone is still listening
+            if fault is not None and fault.kind == "dribble":
+                self._dribble(float(fault.opts.get("interval", 2.0)), float(fault.opts.get("seconds", 120.0)))
+                return
             if fault is not None and fault.kind == "disconnect":
                 self.close_connection = True
                 return
@@ -303,6 +310,29 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(*self.fake.answer(body, prompt, fault, self.headers.get("Authorization", "")))
         finally:
             self.fake._end()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:  # the client hung up on a dribbling or stalled answer
+            pass
+
+    def _dribble(self, interval: float, seconds: float) -> None:
+        """A 200 with its headers at once, then one byte of body every `interval` s (for up to `seconds`)."""
+        self.close_connection = True
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.flush()
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(interval)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _send(self, status: int, headers: dict[str, str], payload: bytes) -> None:
         try:
