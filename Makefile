@@ -3,7 +3,7 @@
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip --disable-pip-version-check
 STAMP   := .venv/.stamp-install
-EXTRAS  := cpu,train,export,dev,demo
+EXTRAS  := cpu,train,export,dev,demo,serve
 
 .PHONY: test demo lint clean-venv
 
