@@ -26,7 +26,7 @@ def test_nested_override_keeps_other_defaults():
     ({"fusion": {"hidden_dims": [64, -3]}}, "fusion.hidden_dims[1]: expected a positive integer, got -3"),
     ({"fusion": {"ml_lr": -3}}, "fusion.ml_lr: expected a float in (0, 1], got -3"),
     ({"ml": {"batch_size": "16"}}, "ml.batch_size: expected a positive integer, got '16'"),
-    ({"ml": {"num_epochs": True}}, "ml.num_epochs: expected a positive integer, got True"),
+    ({"ml": {"num_epochs": True}}, "ml.num_epochs: expected 'auto' or a positive integer, got True"),
     ({"fusion_split": 1.0}, "fusion_split: expected a float in (0, 1), got 1.0"),
     ({"llm": {"score_method": "magic"}}, "llm.score_method: expected one of ['auto', 'logprobs', 'json'], got 'magic'"),
     ({"llm_provider": "acme"}, "llm_provider: expected one of ['deepseek', 'gemini', 'local', 'openai', "

@@ -88,7 +88,7 @@ def test_invalid_parameter_is_rejected_when_fit_starts(tiny_roberta_dir: str) ->
     clf = RoBERTaClassifier(tiny_roberta_dir, num_epochs=0)
     with pytest.raises(ConfigError) as err:
         clf.fit(_data(30, seed=1))
-    assert str(err.value) == "RoBERTaClassifier: ml.num_epochs: expected a positive integer, got 0"
+    assert str(err.value) == "RoBERTaClassifier: ml.num_epochs: expected 'auto' or a positive integer, got 0"
 
 
 def test_fit_rejects_a_dataframe(tiny_roberta_dir: str) -> None:

@@ -50,6 +50,12 @@ def int_in(lo: int, hi: int | None = None):
     return ok, st.integers(lo, hi if hi is not None else 10**6)
 
 
+def auto_or(spec):
+    """'auto' (chosen at fit time) or a value the inner spec accepts."""
+    ok, valid = spec
+    return (lambda v: v == "auto" or ok(v)), st.just("auto") | valid
+
+
 def choice(options: list[str]):
     return (lambda v: isinstance(v, str) and v in options), st.sampled_from(options)
 
@@ -73,14 +79,15 @@ SPEC: dict[str, tuple[Any, Any]] = {
     "output_dir": (_nonempty, NAME),
     "fusion_split": float_in(0, 1, True, True),
     "seed": int_in(0),
-    "ml.num_epochs": int_in(1),
+    "ml.num_epochs": auto_or(int_in(1)),
     "ml.batch_size": int_in(1),
-    "ml.learning_rate": float_in(0, 1, True, False),
+    "ml.learning_rate": auto_or(float_in(0, 1, True, False)),
     "ml.max_length": int_in(8, 8192),
     "ml.warmup_ratio": float_in(0, 1, False, True),
     "ml.weight_decay": float_in(0, 1, False, False),
     "ml.val_split": float_in(0, 1, True, True),
     "ml.early_stopping_patience": int_in(1),
+    "lexical": choice(["auto", "on", "off"]),
     "llm.temperature": float_in(0, 2, False, False),
     "llm.max_concurrency": int_in(1, 1024),
     "llm.timeout_s": float_in(0, 3600, True, False),
@@ -98,6 +105,8 @@ SPEC: dict[str, tuple[Any, Any]] = {
     "fusion.warmup_epochs": int_in(1),
     "fusion.val_split": float_in(0, 1, True, True),
     "fusion.early_stopping_patience": int_in(1),
+    "fusion.cv_folds": int_in(2, 20),
+    "fusion.threshold_objective": choice(["macro_f1", "subset_accuracy"]),
 }
 PATHS = sorted(SPEC)
 

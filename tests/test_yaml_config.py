@@ -111,7 +111,7 @@ def test_api_key_in_the_file_is_refused_without_echoing_it():
 def test_wrong_type():
     """A string where an integer belongs is rejected with the YAML path."""
     assert _error({"models": {"ml": {"num_epochs": "3"}}}) == (
-        "models.ml.num_epochs: expected a positive integer, got '3'")
+        "models.ml.num_epochs: expected 'auto' or a positive integer, got '3'")
 
 
 def test_out_of_range_value():

@@ -94,20 +94,18 @@ class AutoFusionClassifier:
 
         import torch
 
-        from textclassify.train.encoder import (
-            effective_max_length,
-            encoder_logits,
-            load_encoder,
-            train_encoder,
-        )
+        from textclassify.train.encoder import effective_max_length, encoder_logits, load_encoder
+        from textclassify.train.schedule import describe_stage1, fit_stage1
 
         t = time.perf_counter()
         torch.manual_seed(cfg["seed"])  # the new classification head is initialised while loading
         encoder, tokenizer = load_encoder(cfg["ml_model"], labels, multi)
         max_length = effective_max_length(encoder, tokenizer, cfg["ml"]["max_length"])
-        hist1 = train_encoder(encoder, tokenizer, pick(splits.stage1_train), targets[splits.stage1_train],
-                              pick(splits.stage1_val), targets[splits.stage1_val], multi_label=multi,
-                              ml=cfg["ml"], max_length=max_length, seed=cfg["seed"], progress=progress)
+        hist1, stage1 = fit_stage1(encoder, tokenizer, pick(splits.stage1_train), targets[splits.stage1_train],
+                                   pick(splits.stage1_val), targets[splits.stage1_val], multi_label=multi,
+                                   ml=cfg["ml"], max_length=max_length, seed=cfg["seed"], progress=progress)
+        stage1["summary"] = describe_stage1(stage1)
+        log.info(stage1["summary"])
         timings["stage1_s"] = time.perf_counter() - t
 
         from textclassify.train.calibration import calibration_report, fit_calibrator
@@ -177,6 +175,7 @@ class AutoFusionClassifier:
             "splits": {k: int(len(getattr(splits, k)))
                        for k in ("stage1_train", "stage1_val", "fusion_train", "fusion_val")},
             "history": {"stage1": hist1.to_dict(), "stage2": hist2.to_dict()},
+            "stage1": stage1,
             "timings": timings,
             "max_length": max_length,
             "held_out_predictions": {"targets": held_targets, "probabilities": candidates, "thresholds": thresholds},
@@ -210,7 +209,7 @@ class AutoFusionClassifier:
     def _write_metrics(self, output_dir: str) -> None:
         out = Path(output_dir).expanduser()
         payload = {k: self.metadata_[k] for k in ("metrics", "held_out", "n_held_out", "calibration", "llm_usage",
-                                                   "llm_score_method", "splits", "timings")}
+                                                   "llm_score_method", "splits", "timings", "stage1")}
         persistence.write_json(out / "metrics.json", payload)
 
     # ------------------------------------------------------------------------------- predict

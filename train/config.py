@@ -27,9 +27,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "fusion_split": 0.2,
     "seed": 42,
     "ml": {
-        "num_epochs": 3, "batch_size": 16, "learning_rate": 2e-5, "max_length": 256,
+        # "auto": chosen from the encoder and the data (train/schedule.py); a number is used as given.
+        "num_epochs": "auto", "batch_size": 16, "learning_rate": "auto", "max_length": 256,
         "warmup_ratio": 0.1, "weight_decay": 0.01, "val_split": 0.1, "early_stopping_patience": 2,
     },
+    "lexical": "auto",
     "llm": {
         "temperature": K.DEFAULT_TEMPERATURE, "max_concurrency": K.DEFAULT_MAX_CONCURRENCY,
         "timeout_s": K.DEFAULT_TIMEOUT_S, "max_retries": K.DEFAULT_MAX_RETRIES, "score_method": "auto",
@@ -38,7 +40,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "fusion": {
         "hidden_dims": [64, 32], "dropout": 0.1, "ml_lr": 1e-5, "fusion_lr": 1e-3,
         "num_epochs": 10, "batch_size": 16, "warmup_epochs": 200, "val_split": 0.25,
-        "early_stopping_patience": 3,
+        "early_stopping_patience": 3, "cv_folds": 5, "threshold_objective": "macro_f1",
     },
 }
 
@@ -83,6 +85,10 @@ def _opt_str(v: Any) -> bool:
     return v is None or _nonempty_str(v)
 
 
+def _auto_or(check: Check) -> Check:
+    return lambda v: v == "auto" or check(v)
+
+
 def _choice(options: tuple[str, ...]) -> Check:
     return lambda v: isinstance(v, str) and v in options
 
@@ -102,14 +108,15 @@ RULES: dict[str, tuple[Check, str]] = {
     "output_dir": (_nonempty_str, "a directory path (non-empty string)"),
     "fusion_split": (_float_in(0, 1, hi_open=True), f"a float in {_interval(0, 1, hi_open=True)}"),
     "seed": (_nonneg_int, "a non-negative integer"),
-    "ml.num_epochs": (_pos_int, "a positive integer"),
+    "ml.num_epochs": (_auto_or(_pos_int), "'auto' or a positive integer"),
     "ml.batch_size": (_pos_int, "a positive integer"),
-    "ml.learning_rate": (_float_in(0, 1), f"a float in {_interval(0, 1)}"),
+    "ml.learning_rate": (_auto_or(_float_in(0, 1)), f"'auto' or a float in {_interval(0, 1)}"),
     "ml.max_length": (lambda v: _is_int(v) and 8 <= v <= 8192, "an integer in [8, 8192]"),
     "ml.warmup_ratio": (_float_in(0, 1, lo_open=False, hi_open=True), "a float in [0, 1)"),
     "ml.weight_decay": (_float_in(0, 1, lo_open=False), "a float in [0, 1]"),
     "ml.val_split": (_float_in(0, 1, hi_open=True), "a float in (0, 1)"),
     "ml.early_stopping_patience": (_pos_int, "a positive integer"),
+    "lexical": (_choice(("auto", "on", "off")), "one of ['auto', 'on', 'off']"),
     "llm.temperature": (_float_in(0, 2, lo_open=False), "a float in [0, 2]"),
     "llm.max_concurrency": (lambda v: _is_int(v) and 1 <= v <= 1024, "an integer in [1, 1024]"),
     "llm.timeout_s": (_float_in(0, 3600), "a number of seconds in (0, 3600]"),
@@ -127,6 +134,8 @@ RULES: dict[str, tuple[Check, str]] = {
     "fusion.warmup_epochs": (_pos_int, "a positive integer"),
     "fusion.val_split": (_float_in(0, 1, hi_open=True), "a float in (0, 1)"),
     "fusion.early_stopping_patience": (_pos_int, "a positive integer"),
+    "fusion.cv_folds": (lambda v: _is_int(v) and 2 <= v <= 20, "an integer in [2, 20]"),
+    "fusion.threshold_objective": (_choice(("macro_f1", "subset_accuracy")), "one of ['macro_f1', 'subset_accuracy']"),
 }
 
 

@@ -124,14 +124,17 @@ def encoder_logits(model: nn.Module, tokenizer: Any, texts: Sequence[str], max_l
 
 @dataclass
 class StageHistory:
-    """Per-epoch losses and the epoch whose state was kept."""
+    """Losses and validation macro-F1 per evaluation (every `eval_every` optimizer steps); the kept evaluation."""
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
-    best_epoch: int = -1
+    val_macro_f1: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    best_epoch: int = -1  # index of the kept evaluation (one per epoch when eval_every is an epoch)
+    steps_run: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"train_loss": self.train_loss, "val_loss": self.val_loss, "best_epoch": self.best_epoch}
+        return dict(self.__dict__)
 
 
 def _autocast(device: torch.device):
@@ -141,46 +144,75 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def macro_f1_of_logits(logits: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
+    """Macro-F1 of the encoder's decisions (argmax, or sigmoid >= 0.5 per label) against targets."""
+    from textclassify.runtime.metrics import classification_metrics
+
+    n_labels = logits.shape[1]
+    pred = (logits >= 0).astype(np.int64) if multi_label else logits.argmax(axis=1)
+    return float(classification_metrics(targets, pred, [str(i) for i in range(n_labels)], multi_label)["macro_f1"])
+
+
 def train_encoder(model: nn.Module, tokenizer: Any, train_texts: Sequence[str], train_targets: np.ndarray,
                   val_texts: Sequence[str], val_targets: np.ndarray, *, multi_label: bool, ml: dict[str, Any],
-                  max_length: int, seed: int, progress: bool = True) -> StageHistory:
-    """Fine-tune in place with AdamW + linear warm-up; keeps the state with the lowest validation loss."""
+                  max_length: int, seed: int, progress: bool = True, plan: Any = None) -> StageHistory:
+    """Fine-tune in place with AdamW + linear warm-up/decay over the plan's step budget.
+
+    Evaluates every `plan.eval_every` steps and keeps the state with the best validation macro-F1
+    (ties: lower loss); stops after `plan.patience` evaluations without a better one. `plan` defaults to
+    `train.schedule.plan_stage1` on `ml` ("auto" values chosen from the encoder and the data).
+    """
     from transformers import get_linear_schedule_with_warmup
 
+    if plan is None:
+        from textclassify.train.schedule import plan_stage1
+
+        plan = plan_stage1(ml, model, len(train_texts))
     device = pick_device()
     model.to(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = loss_function(multi_label)
     y_train = targets_tensor(train_targets, multi_label)
-    batch_size, epochs = ml["batch_size"], ml["num_epochs"]
-    steps = epochs * max(1, -(-len(train_texts) // batch_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=ml["learning_rate"], weight_decay=ml["weight_decay"])
+    batch_size, steps = ml["batch_size"], plan.max_steps
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.learning_rate, weight_decay=ml["weight_decay"])
     scheduler = get_linear_schedule_with_warmup(optimizer, int(ml["warmup_ratio"] * steps), steps)
-    history, best_state, best_loss, bad_epochs = StageHistory(), None, float("inf"), 0
-    bar = tqdm(total=steps, desc="stage 1: encoder", disable=not progress, unit="batch", leave=False)
-    for epoch in range(epochs):
+    history, best_state, best_key, bad = StageHistory(), None, (-1.0, 0.0), 0
+    bar = tqdm(total=steps, desc="stage 1: encoder", disable=not progress, unit="step", leave=False)
+    total, seen, step, stop = 0.0, 0, 0, False
+    while step < steps and not stop:
         model.train()
-        total = 0.0
         for idx, batch in shuffled_batches(tokenizer, train_texts, batch_size, max_length, gen, device):
             with _autocast(device):
                 logits = model(**batch).logits
             loss = loss_fn(logits.float(), y_train[idx].to(device))
             optimizer_step(optimizer, loss, model.parameters())
             scheduler.step()
-            total += loss.item() * len(idx)
+            step += 1
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        history.train_loss.append(total / max(1, len(train_texts)))
-        val_loss = evaluate_loss(model, tokenizer, val_texts, val_targets, multi_label, max_length, batch_size)
-        history.val_loss.append(val_loss)
-        if val_loss < best_loss - 1e-6:
-            best_loss, best_state, bad_epochs = val_loss, copy.deepcopy(model.state_dict()), 0
-            history.best_epoch = epoch
-        else:
-            bad_epochs += 1
-            if bad_epochs >= ml["early_stopping_patience"]:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % plan.eval_every and step < steps:
+                continue
+            val_logits = encoder_logits(model, tokenizer, val_texts, max_length, max(batch_size, 32))
+            val_loss = float(loss_fn(torch.as_tensor(val_logits), targets_tensor(val_targets, multi_label)))
+            f1 = macro_f1_of_logits(val_logits, val_targets, multi_label) if len(val_texts) else 0.0
+            history.train_loss.append(total / max(1, seen))
+            history.val_loss.append(val_loss)
+            history.val_macro_f1.append(f1)
+            history.eval_steps.append(step)
+            total, seen = 0.0, 0
+            model.train()
+            if (f1, -val_loss) > best_key:
+                best_key, best_state, bad = (f1, -val_loss), copy.deepcopy(model.state_dict()), 0
+                history.best_epoch = len(history.val_loss) - 1
+            else:
+                bad += 1
+                if bad >= plan.patience:
+                    stop = True
+            if stop or step >= steps:
                 break
+    history.steps_run = step
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)

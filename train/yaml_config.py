@@ -49,9 +49,10 @@ FIELDS: tuple[Field, ...] = (
                                                  "(multi-label)."),
     Field("data.multi_label", "multi_label", "true: a text may carry several labels (label_columns are 0/1 columns)."),
     Field("models.ml.model_name", "ml_model", "Hugging Face hub name or local folder of the encoder."),
-    Field("models.ml.num_epochs", "ml.num_epochs", "Stage-1 fine-tuning epochs."),
+    Field("models.ml.num_epochs", "ml.num_epochs", "Stage-1 fine-tuning epochs (auto: until validation macro-F1 "
+                                                   "stops improving, under a step budget)."),
     Field("models.ml.batch_size", "ml.batch_size", "Stage-1 batch size."),
-    Field("models.ml.learning_rate", "ml.learning_rate", "Stage-1 AdamW learning rate."),
+    Field("models.ml.learning_rate", "ml.learning_rate", "Stage-1 AdamW learning rate (auto: by encoder size)."),
     Field("models.ml.max_length", "ml.max_length", "Tokens per text (longer texts are truncated; capped at what the "
                                                    "encoder allows)."),
     Field("models.ml.warmup_ratio", "ml.warmup_ratio", "Share of stage-1 steps with a linearly rising learning rate."),
@@ -59,6 +60,8 @@ FIELDS: tuple[Field, ...] = (
     Field("models.ml.val_split", "ml.val_split", "Share of the stage-1 data held out for early stopping."),
     Field("models.ml.early_stopping_patience", "ml.early_stopping_patience", "Stage-1 epochs without a better "
                                                                             "validation loss before stopping."),
+    Field("models.lexical", "lexical", "auto | on | off: a TF-IDF + logistic-regression component beside the "
+                                       "encoder (auto keeps it when cross-validation says it helps)."),
     Field("models.llm.provider", "llm_provider", "deepseek | openai | gemini | openai-compatible | local (an embedded "
                                                  "llama.cpp server on 127.0.0.1)."),
     Field("models.llm.model", "llm_model", "Model name (null: the provider's default); a GGUF file path for local."),
@@ -84,6 +87,9 @@ FIELDS: tuple[Field, ...] = (
                                                   "choice of the kept state)."),
     Field("fusion.early_stopping_patience", "fusion.early_stopping_patience", "Joint epochs without a better "
                                                                               "fusion-val loss before stopping."),
+    Field("fusion.cv_folds", "fusion.cv_folds", "Folds of the cross-fitting that chooses the combiner."),
+    Field("fusion.threshold_objective", "fusion.threshold_objective", "macro_f1 | subset_accuracy: what the "
+                                                                      "per-label thresholds (multi-label) maximise."),
     Field("output_dir", "output_dir", "Where the model, metrics.json and the report are written."),
     Field("cache_dir", "cache_dir", "Folder of the LLM score cache (a second run reuses every answer)."),
     Field("fusion_split", "fusion_split", "Share of the data held out from stage 1 for fusion (only it needs LLM "
