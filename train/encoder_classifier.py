@@ -6,7 +6,7 @@ data minus a stratified validation slice used for early stopping.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from textclassify.runtime.errors import ConfigError, NotFittedError
 from textclassify.runtime.types import ClassificationResult, TrainingData
 from textclassify.runtime.validation import validate_texts
 from textclassify.train.fusion_utils import check_training_data, encode_true_labels, result_from_probabilities
+from textclassify.train.seed_args import apply_config
 
 
 class RoBERTaClassifier:
@@ -29,7 +30,7 @@ class RoBERTaClassifier:
     def __init__(self, model_name: str = K.DEFAULT_ML_MODEL, *, num_epochs: int = 3, batch_size: int = 16,
                  learning_rate: float = 2e-5, max_length: int = 256, warmup_ratio: float = 0.1,
                  weight_decay: float = 0.01, val_split: float = 0.1, early_stopping_patience: int = 2,
-                 seed: int = 42, progress: bool = False) -> None:
+                 seed: int = 42, progress: bool = False, config: Mapping[str, Any] | None = None) -> None:
         self.model_name = model_name
         self.num_epochs = num_epochs
         self.batch_size = batch_size
@@ -41,6 +42,7 @@ class RoBERTaClassifier:
         self.early_stopping_patience = early_stopping_patience
         self.seed = seed
         self.progress = progress
+        apply_config(self, config)  # the seed's RoBERTaClassifier(config={...}): the same keywords as a dict
 
     def to_config(self) -> dict[str, Any]:
         """These settings as the matching AutoFusionClassifier config keys (ml_model, seed, ml.*)."""

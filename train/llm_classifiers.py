@@ -7,7 +7,7 @@ data with the fusion recipe's calibrator.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +19,7 @@ from textclassify.runtime.llm.usage import usage_delta
 from textclassify.runtime.types import ClassificationResult, TrainingData
 from textclassify.runtime.validation import validate_texts
 from textclassify.train.fusion_utils import check_training_data, encode_true_labels, result_from_probabilities
+from textclassify.train.seed_args import apply_config
 
 
 def raw_scores_to_probabilities(raw: np.ndarray, multi_label: bool) -> np.ndarray:
@@ -61,10 +62,14 @@ class LLMClassifier:
                  temperature: float = K.DEFAULT_TEMPERATURE, max_concurrency: int = K.DEFAULT_MAX_CONCURRENCY,
                  timeout_s: float = K.DEFAULT_TIMEOUT_S, max_retries: int = K.DEFAULT_MAX_RETRIES,
                  score_method: str = "auto", api_key: str | None = None, calibrate: bool = False,
-                 progress: bool = False) -> None:
+                 progress: bool = False, label_columns: Sequence[str] | None = None,
+                 config: Mapping[str, Any] | None = None) -> None:
+        if label_columns is not None and labels is not None:
+            raise ConfigError(f"{type(self).__name__}: give either labels or label_columns (the seed's name), "
+                              "not both.")
         self.model = model
         self.base_url = base_url
-        self.labels = labels
+        self.labels = labels if label_columns is None else label_columns
         self.multi_label = multi_label
         self.cache_dir = cache_dir
         self.temperature = temperature
@@ -75,6 +80,7 @@ class LLMClassifier:
         self.calibrate = calibrate
         self.progress = progress
         self._api_key = api_key
+        apply_config(self, config, aliases={"label_columns": "labels"})  # the seed's config={...}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
