@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 
 from textclassify.runtime.errors import BundleError, DataError
 from textclassify.runtime.manifest import BundleManifest, read_verified
+from textclassify.runtime.sessions import padded_width
 
 
 class BundleTokenizer:
@@ -60,9 +61,10 @@ class BundleTokenizer:
                                     "and the bundle's tokenizer does not truncate.")
         return ids
 
-    def pad(self, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Right-pad to the longest row: input_ids and attention_mask, both int64 [B, T]."""
-        width = max((len(row) for row in ids), default=0)
+    def pad(self, ids: Sequence[Sequence[int]], *, multiple_of: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Right-pad to the longest row (rounded up to `multiple_of`, capped at max_length): input_ids and
+        attention_mask, both int64 [B, T]."""
+        width = padded_width(max((len(row) for row in ids), default=0), multiple_of, self.max_length)
         input_ids = np.full((len(ids), width), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(ids), width), dtype=np.int64)
         for i, row in enumerate(ids):

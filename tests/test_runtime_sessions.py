@@ -7,8 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.support.toy_bundle import build_calibrator, build_model, toy_weights
-from textclassify.runtime import constants as K
+from tests.support.toy_bundle import build_calibrator, build_encoder, toy_weights
 from textclassify.runtime.errors import BundleError, ConfigError, MissingDependencyError
 from textclassify.runtime.sessions import (
     OnnxModel,
@@ -72,10 +71,13 @@ def test_session_options() -> None:
     assert session_options().intra_op_num_threads == 0  # 0 = onnxruntime's default
 
 
+ENCODER_IN, ENCODER_OUT = ["input_ids", "attention_mask"], ["ml_logits"]
+
+
 def _toy_model() -> OnnxModel:
     w = toy_weights(50, 3)
-    return OnnxModel("model.onnx", build_model(w).SerializeToString(), [CPU], session_options(1),
-                     K.INPUT_NAMES, K.OUTPUT_NAMES)
+    return OnnxModel("encoder.onnx", build_encoder(w).SerializeToString(), [CPU], session_options(1),
+                     ENCODER_IN, ENCODER_OUT)
 
 
 def test_model_reports_providers_in_use() -> None:
@@ -88,11 +90,10 @@ def test_io_binding_path_equals_plain_run() -> None:
     """The IO-binding path (bound to CPU here, to CUDA on a GPU) returns what plain run returns."""
     model = _toy_model()
     feeds = {"input_ids": np.array([[0, 5, 7, 2], [0, 9, 2, 1]], np.int64),
-             "attention_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.int64),
-             "llm_scores": np.full((2, 3), -1.0, np.float32)}
-    plain = model.run(feeds, K.OUTPUT_NAMES)
+             "attention_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.int64)}
+    plain = model.run(feeds, ENCODER_OUT)
     model.bind_device = "cpu"
-    bound = model.run(feeds, K.OUTPUT_NAMES)
+    bound = model.run(feeds, ENCODER_OUT)
     for a, b in zip(plain, bound):
         np.testing.assert_array_equal(a, b)
 
@@ -107,8 +108,8 @@ def test_graph_contract_checked() -> None:
 
 def test_unparseable_graph() -> None:
     """Bytes that are not an ONNX model are a BundleError, not an onnxruntime traceback."""
-    with pytest.raises(BundleError, match=r"^model.onnx: ONNX Runtime could not load it \("):
-        OnnxModel("model.onnx", b"not a model at all", [CPU], session_options(), K.INPUT_NAMES, K.OUTPUT_NAMES)
+    with pytest.raises(BundleError, match=r"^encoder.onnx: ONNX Runtime could not load it \("):
+        OnnxModel("encoder.onnx", b"not a model at all", [CPU], session_options(), ENCODER_IN, ENCODER_OUT)
 
 
 def _add_then_layer_norm() -> bytes:
