@@ -10,11 +10,16 @@ import pytest
 from tests.support.toy_bundle import build_calibrator, build_encoder, toy_weights
 from textclassify.runtime.errors import BundleError, ConfigError, MissingDependencyError
 from textclassify.runtime.sessions import (
+    CUDA_INTRA_OP_THREADS,
     OnnxModel,
+    ProviderPlan,
     import_onnxruntime,
     inference_session,
+    padded_width,
+    plan_providers,
     resolve_providers,
     session_options,
+    warm_up_rows,
 )
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -147,3 +152,74 @@ def test_cpu_sessions_leave_skip_layer_norm_unfused(tmp_path) -> None:
     ours = _optimised_ops(tmp_path, "ours", lambda o: inference_session(model, [CPU], o))
     assert plain == ["SkipLayerNormalization"]
     assert ours == ["Add", "LayerNormalization"]
+
+
+def test_plan_for_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA plan: CUDA's options, then CPU's (none); strict only under 'cuda'; CUDA libraries preloaded once."""
+    import textclassify.runtime.sessions as sessions
+
+    calls = []
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: calls.append(1), raising=False)
+    monkeypatch.setattr(sessions, "_preloaded", False)
+    auto = plan_providers("auto", device_id=1)
+    strict = plan_providers("cuda", use_tf32=True)
+    assert (auto.providers, auto.strict, strict.strict) == ((CUDA, CPU), False, True)
+    assert auto.provider_options() == [{"device_id": "1", "arena_extend_strategy": "kSameAsRequested",
+                                        "use_tf32": "0"}, {}]
+    assert strict.cuda_options()["use_tf32"] == "1"
+    assert calls == [1]
+    assert plan_providers("cpu").providers == (CPU,) and len(calls) == 1
+
+
+def test_plan_session_options() -> None:
+    """CUDA plans run CUDA_INTRA_OP_THREADS threads without spinning; the CPU plan keeps the caller's choice."""
+    cuda = ProviderPlan((CUDA, CPU), intra_op_num_threads=None)
+    options = cuda.session_options()
+    assert options.intra_op_num_threads == CUDA_INTRA_OP_THREADS
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    cpu = ProviderPlan((CUDA, CPU), intra_op_num_threads=2).cpu("why")
+    assert (cpu.providers, cpu.fallback, cpu.session_options().intra_op_num_threads) == ((CPU,), "why", 2)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"device_id": -1}, "'device_id' must be an int >= 0 (got -1)."),
+    ({"device_id": True}, "'device_id' must be an int >= 0 (got True)."),
+    ({"use_tf32": "no"}, "'use_tf32' must be True or False (got 'no')."),
+])
+def test_plan_arguments_checked(kwargs, message) -> None:
+    """device_id and use_tf32 are checked before any session opens."""
+    with pytest.raises(ConfigError) as e:
+        plan_providers("cpu", **kwargs)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize(("longest", "multiple", "cap", "want"), [
+    (5, 8, 64, 8), (8, 8, 64, 8), (9, 8, 64, 16), (61, 8, 64, 64), (63, 8, 60, 63), (5, 1, 64, 5), (0, 8, 64, 0),
+])
+def test_padded_width(longest, multiple, cap, want) -> None:
+    """Rounded up to the multiple, capped at max_length, never below the longest row."""
+    assert padded_width(longest, multiple, cap) == want
+
+
+def test_warm_up_rows() -> None:
+    """Rows of exactly `width` ids, first and last id kept, the inner ones repeated."""
+    assert warm_up_rows([0, 7, 9, 2], 2, 8) == [[0, 7, 9, 7, 9, 7, 9, 2]] * 2
+    assert warm_up_rows([0, 7, 9, 2], 1, 3) == [[0, 7, 2]]
+    assert warm_up_rows([0, 2], 1, 4) == [[0, 0, 2, 2]]
+
+
+def test_fallback_leaves_bundle_errors_alone() -> None:
+    """A BundleError at warm-up (a wrong output shape) is raised as it is, not taken for a CUDA failure;
+    what was built is discarded."""
+    from textclassify.runtime.sessions import open_with_fallback
+
+    discarded = []
+
+    def warm_up(built: object) -> None:
+        raise BundleError("encoder.onnx: output has shape (1, 2); expected (1, 3)")
+
+    with pytest.raises(BundleError, match=r"^encoder.onnx: output has shape"):
+        open_with_fallback(ProviderPlan((CUDA, CPU)), lambda plan: plan, sessions=lambda b: [], warm_up=warm_up,
+                           discard=discarded.append)
+    assert discarded == [ProviderPlan((CUDA, CPU))]
