@@ -227,7 +227,7 @@ class _Handlers:
         except P.PayloadTooLargeError as e:
             raise _Reply(_error(413, str(e))) from None
         answer = await self._answer(name, parsed.texts)
-        content, headers = P.encode_infer(name, parsed, answer.rows, bundle.multi_label)
+        content, headers = P.encode_infer(name, parsed, answer.rows, len(bundle.labels), bundle.multi_label)
         media = "application/octet-stream" if headers else "application/json"
         return Response(content, media_type=media, headers=headers)
 

@@ -105,6 +105,8 @@ class DynamicBatcher:
     async def predict(self, texts: Sequence[str], timeout_s: float) -> Answer:
         if self._closing:
             raise QueueFullError("the server is shutting down")
+        if not texts:
+            return Answer([])
         self._start()
         loop = asyncio.get_running_loop()
         now = loop.time()

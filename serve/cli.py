@@ -84,6 +84,8 @@ def main(bundles: tuple[str, ...], host: str, port: int, max_batch_size: int, ma
     """Serve textclassify bundles over HTTP: Open Inference Protocol, a plain JSON endpoint, Prometheus metrics."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2", "openai", "httpcore"):  # one line per LLM request otherwise
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         import uvicorn  # noqa: F401 - fail early with the extra to install
 
@@ -201,3 +203,7 @@ def _run(app: Any, host: str, port: int, drain_s: float, access_log: bool, log_l
 
 
 __all__ = ["main"]
+
+
+if __name__ == "__main__":
+    main()

@@ -111,12 +111,12 @@ def parse_infer(body: bytes, header_length: str | None, max_texts: int) -> Infer
     return InferRequest(texts, request_id, outputs)
 
 
-def encode_infer(model: str, request: InferRequest, rows: Sequence[RowAnswer],
+def encode_infer(model: str, request: InferRequest, rows: Sequence[RowAnswer], n_labels: int,
                  multi_label: bool) -> tuple[bytes, dict[str, str]]:
     """The v2 infer response body and its extra headers (Inference-Header-Content-Length with binary outputs)."""
     n = len(rows)
     labels = [",".join(r.prediction) if multi_label else str(r.prediction) for r in rows]
-    probs = np.stack([r.probabilities for r in rows]).astype("<f4") if n else np.zeros((0, 0), "<f4")
+    probs = np.stack([r.probabilities for r in rows]).astype("<f4") if n else np.zeros((0, n_labels), "<f4")
     tensors = {
         "label": ([n], labels),
         "probabilities": (list(probs.shape), probs),
