@@ -263,3 +263,24 @@ def test_device_id_checked(fp16_cuda: Path) -> None:
         load_bundle(fp16_cuda, device_id=-1, **NO_LLM)
     with pytest.raises(ConfigError, match=r"^'use_tf32' must be True or False \(got 1\)\.$"):
         load_bundle(fp16_cuda, use_tf32=1, **NO_LLM)
+
+
+def test_cli_device_id_reaches_the_binding(fp16_cuda: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fusion-predict --device-id 2 binds every CUDA output on device 2 and reports why it chose its variant."""
+    import json
+
+    from click.testing import CliRunner
+
+    from textclassify.runtime.predict_cli import main
+
+    log = gpu_build(monkeypatch)
+    (tmp_path / "in.csv").write_text("text\n" + "\n".join(f"ticket {i} about my invoice" for i in range(3)) + "\n")
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(main, ["--bundle", str(fp16_cuda), "--input", str(tmp_path / "in.csv"), "--output",
+                                       str(out), "--device-id", "2", "--on-llm-error", "ml_only",
+                                       "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert log.outputs and {(device, dev_id) for _, device, dev_id in log.outputs} == {("cuda", 2)}
+    summary = json.loads((tmp_path / "out.csv.summary.json").read_text())
+    assert summary["variant"] == "fp16" and summary["variant_reason"] == (
+        "auto on CUDA serves fp16: its parity check passed on CUDA")
