@@ -1,4 +1,4 @@
-"""fusion-predict: score a CSV or JSONL file with a bundle; writes a CSV and a summary JSON next to it."""
+"""fusion-predict: score a CSV or JSONL file with a bundle; writes a CSV (or JSONL) and a summary JSON next to it."""
 from __future__ import annotations
 
 import csv
@@ -17,9 +17,12 @@ from tqdm import tqdm
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import DataError, TextClassifyError
+from textclassify.runtime.output_paths import STDOUT, check_output_file, exit_on_sigterm
+from textclassify.runtime.validation import DEFAULT_MAX_TEXT_CHARS, check_unicode
 
 CHUNK_ROWS = 512  # texts per predict call: progress granularity, and enough for the LLM's concurrency
 SUMMARY_SUFFIX = ".summary.json"
+FORMATS = ("csv", "jsonl")
 EXAMPLES = """\b
 Examples:
   fusion-predict --bundle bundles/v1 --input tickets.csv --output scored.csv
@@ -31,19 +34,26 @@ The output CSV holds the input columns, then `prediction` (a label; for a multi-
 JSON list of labels), one `prob_<label>` column per label and, with --on-llm-error ml_only, a
 `degraded` column (true where the LLM failed and the encoder alone answered). A summary
 (rows, prediction counts, degraded rows, providers, LLM usage, timing) is written to
-OUTPUT.summary.json. The LLM API key comes from the provider's environment variable.
+OUTPUT.summary.json. `--output -` writes to stdout (CSV, or JSONL with --format jsonl) and the
+summary to stderr. The output is checked before any work: an existing folder, symlink or non-regular
+file, or the input file itself, is refused. The LLM API key comes from the provider's environment variable.
 """
 
 
 @click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--bundle", "bundle_dir", required=True, help="Bundle directory (written by fusion-export).")
 @click.option("--input", "input_path", required=True, help="Texts to score: a .csv or .jsonl file (UTF-8).")
-@click.option("--output", "output_path", required=True, help="CSV file to write (replaced atomically).")
+@click.option("--output", "output_path", required=True,
+              help="File to write (replaced atomically), or '-' for stdout.")
+@click.option("--format", "output_format", type=click.Choice(FORMATS), default=None,
+              help="Output format; default: jsonl for a .jsonl/.ndjson output, else csv.")
 @click.option("--text-column", default="text", show_default=True, help="Column (or JSON key) holding the text.")
 @click.option("--providers", default="auto", show_default=True,
               help="auto | cpu | cuda | comma-separated ONNX Runtime provider names.")
 @click.option("--variant", type=click.Choice(["auto", "fp32", "int8", "fp16"]), default="auto", show_default=True,
-              help="Model variant; auto = fp16 on CUDA when the bundle has it, else fp32.")
+              help="Model variant; auto = fp16 on CUDA when the export validated it there, else fp32.")
+@click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True,
+              help="CUDA device for the sessions and their IO binding.")
 @click.option("--int8-recheck/--no-int8-recheck", default=True, show_default=True,
               help="With --variant int8: answer again with the fp32 graph the rows within the bundle's recheck "
                    "margin of flipping (loads both graphs).")
@@ -53,36 +63,62 @@ OUTPUT.summary.json. The LLM API key comes from the provider's environment varia
               help="Texts per ONNX Runtime batch.")
 @click.option("--llm-base-url", default=None, help="Override the LLM endpoint recorded in the bundle.")
 @click.option("--cache-dir", default=K.DEFAULT_CACHE_DIR, show_default=True, help="LLM score cache directory.")
+@click.option("--max-text-chars", type=click.IntRange(min=1), default=DEFAULT_MAX_TEXT_CHARS, show_default=True,
+              help="Characters of a text the tokenizer sees at most (the encoder keeps max_length tokens anyway).")
+@click.option("--long-texts", type=click.Choice(["truncate", "raise"]), default="truncate", show_default=True,
+              help="A text longer than --max-text-chars: cut it, or stop with an error naming it.")
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
-def main(bundle_dir: str, input_path: str, output_path: str, text_column: str, providers: str, variant: str,
-         int8_recheck: bool, on_llm_error: str, batch_size: int, llm_base_url: str | None, cache_dir: str,
-         debug: bool) -> None:
+def main(bundle_dir: str, input_path: str, output_path: str, output_format: str | None, text_column: str,
+         providers: str, variant: str, device_id: int, int8_recheck: bool, on_llm_error: str, batch_size: int,
+         llm_base_url: str | None, cache_dir: str, max_text_chars: int, long_texts: str, debug: bool) -> None:
     """Score every text of INPUT with a textclassify bundle and write predictions to OUTPUT."""
     try:
-        summary = predict_file(
-            bundle_dir, input_path, output_path, text_column=text_column, providers=_providers(providers),
-            variant=variant, on_llm_error=on_llm_error, batch_size=batch_size, llm_base_url=llm_base_url,
-            cache_dir=cache_dir, int8_recheck=int8_recheck)
+        with exit_on_sigterm():
+            summary = predict_file(
+                bundle_dir, input_path, output_path, text_column=text_column, providers=_providers(providers),
+                variant=variant, on_llm_error=on_llm_error, batch_size=batch_size, llm_base_url=llm_base_url,
+                device_id=device_id, cache_dir=cache_dir, int8_recheck=int8_recheck, output_format=output_format,
+                max_text_chars=max_text_chars, long_texts=long_texts)
     except (TextClassifyError, OSError) as e:
         if debug:
             raise
         raise click.ClickException(_one_line(e)) from None
-    click.echo(f"Wrote {summary['rows']} rows to {output_path} ({summary['degraded_rows']} degraded); "
-               f"summary in {summary['summary_file']}", err=True)
+    except Exception as e:  # noqa: BLE001 -- the CLI's contract: one `Error:` line, the traceback with --debug
+        if debug:
+            raise
+        raise click.ClickException(f"unexpected {type(e).__name__}: {_one_line(e)} (rerun with --debug for the "
+                                   "traceback)") from None
+    where = "stdout" if output_path == STDOUT else output_path
+    click.echo(f"Wrote {summary['rows']} rows to {where} ({summary['degraded_rows']} degraded, "
+               f"{summary['error_rows']} without an answer); summary in {summary['summary_file'] or 'stderr'}",
+               err=True)
 
 
 def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_column: str = "text",
                  providers: str | list[str] = "auto", variant: str = "auto", on_llm_error: str = "raise",
                  batch_size: int = K.DEFAULT_BATCH_SIZE, llm_base_url: str | None = None,
-                 cache_dir: str = K.DEFAULT_CACHE_DIR, int8_recheck: bool = True) -> dict[str, Any]:
-    """Read INPUT, predict with the bundle, write OUTPUT (CSV) and OUTPUT.summary.json; returns the summary."""
+                 cache_dir: str = K.DEFAULT_CACHE_DIR, int8_recheck: bool = True, output_format: str | None = None,
+                 max_text_chars: int = DEFAULT_MAX_TEXT_CHARS, long_texts: str = "truncate",
+                 device_id: int = 0) -> dict[str, Any]:
+    """Read INPUT, predict with the bundle, write OUTPUT (CSV or JSONL; '-' is stdout) and OUTPUT.summary.json.
+
+    Both output paths are checked before the input is read or the bundle loaded; returns the summary."""
     started = time.perf_counter()
+    to_stdout = output_path == STDOUT
+    check_output_file(output_path, inputs=[input_path])
+    summary_path = None if to_stdout else str(output_path) + SUMMARY_SUFFIX
+    if summary_path is not None:
+        check_output_file(summary_path, inputs=[input_path], what="the summary file")
+    fmt = output_format or ("jsonl" if Path(output_path).suffix.lower() in (".jsonl", ".ndjson") else "csv")
+    if fmt not in FORMATS:
+        raise DataError(f"--format must be one of {list(FORMATS)} (got {fmt!r}).")
     columns, rows = read_rows(input_path, text_column)
     from textclassify.runtime.bundle import load_bundle
 
     with load_bundle(bundle_dir, providers=providers, variant=variant, on_llm_error=on_llm_error,
                      batch_size=batch_size, llm_base_url=llm_base_url, cache_dir=cache_dir,
-                     int8_recheck=int8_recheck) as bundle:
+                     int8_recheck=int8_recheck, max_text_chars=max_text_chars, long_texts=long_texts,
+                     device_id=device_id) as bundle:
         out_columns = ["prediction"] + [f"prob_{lab}" for lab in bundle.labels]
         out_columns += ["degraded"] if on_llm_error == "ml_only" else []
         clash = [c for c in out_columns if c in columns]
@@ -90,38 +126,46 @@ def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_col
             raise DataError(f"{input_path}: column(s) {clash} would be overwritten by the output; rename them.")
         counts: Counter[str] = Counter()
         degraded: list[int] = []
+        errors: list[int] = []
         rechecked = 0
-        with _atomic_csv(output_path) as writer, tqdm(total=len(rows), unit="text", desc="fusion-predict",
-                                                       file=sys.stderr, disable=None) as bar:
-            writer.writerow(columns + out_columns)
+        with _atomic_output(output_path, fmt, columns + out_columns) as write, \
+                tqdm(total=len(rows), unit="text", desc="fusion-predict", file=sys.stderr, disable=None) as bar:
             for start in range(0, len(rows), CHUNK_ROWS):
                 chunk = rows[start:start + CHUNK_ROWS]
                 result = bundle.predict([row[text_column] for row in chunk])
                 bad = set(result.metadata["degraded"])
                 degraded += [start + i for i in sorted(bad)]
-                rechecked += len(result.metadata["rechecked"])
+                rechecked += len(result.metadata.get("rechecked", []))
                 for i, (row, pred, probs) in enumerate(zip(chunk, result.predictions, result.probabilities)):
-                    counts.update(pred if bundle.multi_label else [pred])
-                    cells = [_cell(row.get(c)) for c in columns]
-                    cells.append(json.dumps(pred) if bundle.multi_label else pred)
-                    cells += [f"{float(p):.7g}" for p in probs]
-                    cells += (["true" if i in bad else "false"] if on_llm_error == "ml_only" else [])
-                    writer.writerow(cells)
+                    if pred is None:  # no answer for this row (non-finite model output): never counted as a label
+                        errors.append(start + i)
+                    else:
+                        counts.update(pred if bundle.multi_label else [pred])
+                    record: list[Any] = [row.get(c) for c in columns]
+                    record.append(pred)
+                    record += [_Prob(p) for p in probs]
+                    record += [i in bad] if on_llm_error == "ml_only" else []
+                    write(record)
                 bar.update(len(chunk))
         seconds = time.perf_counter() - started
         summary = {
             "bundle": str(bundle_dir), "input": str(input_path), "output": str(output_path),
-            "text_column": text_column, "rows": len(rows), "labels": bundle.labels,
+            "format": fmt, "text_column": text_column, "rows": len(rows), "labels": bundle.labels,
             "task": "multi_label" if bundle.multi_label else "multi_class",
             "prediction_counts": {lab: counts.get(lab, 0) for lab in bundle.labels},
-            "degraded_rows": len(degraded), "degraded": degraded, "providers": bundle.providers,
-            "variant": bundle.variant, "int8_recheck_margin": bundle.int8_recheck_margin,
-            "rechecked_rows": rechecked, "llm_usage": bundle.llm_usage, "seconds": round(seconds, 3),
+            "degraded_rows": len(degraded), "degraded": degraded, "error_rows": len(errors), "errors": errors,
+            "providers": bundle.providers, "variant": bundle.variant, "variant_reason": bundle.variant_reason,
+            "int8_recheck_margin": bundle.int8_recheck_margin, "rechecked_rows": rechecked,
+            "llm_usage": bundle.llm_usage, "seconds": round(seconds, 3),
             "texts_per_second": round(len(rows) / seconds, 2) if seconds > 0 else None,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-    summary["summary_file"] = str(output_path) + SUMMARY_SUFFIX
-    _atomic_write_text(summary["summary_file"], json.dumps(summary, indent=2) + "\n")
+    summary["summary_file"] = summary_path
+    text = json.dumps(summary, indent=2) + "\n"
+    if summary_path is None:
+        sys.stderr.write(text)
+    else:
+        _atomic_write_text(summary_path, text)
     return summary
 
 
@@ -130,15 +174,17 @@ def read_rows(path: str, text_column: str) -> tuple[list[str], list[dict[str, An
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".ndjson"):
-        raise DataError(f"--input must be a .csv or .jsonl file (got {path!r}).")
+        raise DataError(f"--input must be a .csv or .jsonl file (got {_short(path)}).")
     if not p.is_file():
-        raise DataError(f"Input file {path!r} does not exist or is not a file.")
+        raise DataError(f"Input file {_short(path)} does not exist or is not a file.")
     try:
         columns, rows, lines = _read_csv(p) if suffix == ".csv" else _read_jsonl(p)
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}).") from None
     except csv.Error as e:
         raise DataError(f"{path} is not a readable CSV file ({e}).") from None
+    except MemoryError:
+        raise DataError(f"{path} is too large to read into memory.") from None
     if text_column not in columns:
         raise DataError(f"Column {text_column!r} is not in {path} (columns: {', '.join(columns) or 'none'}); "
                         "choose one with --text-column.")
@@ -147,6 +193,7 @@ def read_rows(path: str, text_column: str) -> tuple[list[str], list[dict[str, An
         if not isinstance(value, str):
             raise DataError(f"{path} line {line}: {text_column!r} must be a string "
                             f"(got {'nothing' if value is None else type(value).__name__}).")
+        check_unicode(value, f"{path} line {line}: {text_column!r}")
     return columns, rows
 
 
@@ -177,6 +224,8 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[dict[str, Any]], list[int]]
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path} line {line_no}: not valid JSON ({e.msg}).") from None
+            except RecursionError:
+                raise DataError(f"{path} line {line_no}: JSON nested too deeply.") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path} line {line_no}: expected a JSON object (got {type(row).__name__}).")
             columns.update(dict.fromkeys(row))
@@ -185,9 +234,15 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[dict[str, Any]], list[int]]
     return list(columns), rows, lines
 
 
+class _Prob(float):
+    """A probability: 7 significant digits in CSV, a plain number in JSONL."""
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, _Prob):
+        return f"{value:.7g}"
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
@@ -195,34 +250,57 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-class _atomic_csv:
-    """A csv.writer on a temp file in the target directory, renamed over the target only on success."""
+class _atomic_output:
+    """A row writer (CSV or JSONL) on a temp file beside the target, renamed over it only on success and
+    removed on any other exit (an exception, Ctrl-C, SIGTERM through exit_on_sigterm); '-' writes to stdout."""
 
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str, fmt: str, columns: list[str]) -> None:
+        self.path, self.fmt, self.columns = path, fmt, columns
+        self.tmp: str | None = None
 
     def __enter__(self) -> Any:
-        directory = self.path.parent if str(self.path.parent) else Path(".")
-        if not directory.is_dir():
-            raise DataError(f"Output directory {str(directory)!r} does not exist.")
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
-        self.fh = os.fdopen(fd, "w", newline="", encoding="utf-8")
-        return csv.writer(self.fh)
+        if self.path == STDOUT:
+            self.fh = sys.stdout
+        else:
+            target = Path(self.path)
+            directory = target.parent if str(target.parent) else Path(".")
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+            self.fh = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        if self.fmt == "csv":
+            writer = csv.writer(self.fh)
+            writer.writerow(self.columns)
+            return lambda record: writer.writerow([_cell(v) for v in record])
+        return lambda record: self.fh.write(json.dumps(dict(zip(self.columns, record)), ensure_ascii=False) + "\n")
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
-        self.fh.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            os.unlink(self.tmp)
+        if self.tmp is None:
+            self.fh.flush()
+            return
+        try:
+            self.fh.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+                self.tmp = None
+        finally:
+            if self.tmp is not None:
+                os.unlink(self.tmp)
 
 
 def _atomic_write_text(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".tmp", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _short(value: str, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _providers(value: str) -> str | list[str]:

@@ -132,3 +132,36 @@ def check_number(value: Any, where: str, lo: float, hi: float, *, integer: bool 
     if not ok:
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{where}: expected {kind} in [{lo:g}, {hi:g}], got {short_repr(value)}.")
+
+
+def mark_nonfinite_rows(probabilities: Any, predictions: list[Any], degraded: list[int], reasons: dict[int, str],
+                        on_llm_error: str) -> list[Any]:
+    """Rows whose probabilities are not finite (a graph gave NaN or infinity) never get a label.
+
+    on_llm_error="raise": DataError naming the first such text. "ml_only": the row's prediction is None and it
+    is listed in `degraded` (kept sorted) with its reason in `reasons`, both updated in place.
+    """
+    import numpy as np
+
+    bad = np.flatnonzero(~np.isfinite(np.asarray(probabilities, dtype=np.float64)).all(axis=1))
+    if not len(bad):
+        return predictions
+    if on_llm_error != "ml_only":
+        raise DataError(f"texts[{int(bad[0])}]: the model gave non-finite scores (NaN or infinity) for this text "
+                        f"({len(bad)} of {len(predictions)} texts affected); no label is given. Load the bundle "
+                        "with on_llm_error='ml_only' to get the other rows, each affected one marked degraded.")
+    predictions = list(predictions)
+    for i in (int(r) for r in bad):
+        predictions[i] = None
+        reasons[i] = "the model gave non-finite scores (NaN or infinity) for this text; no label is given"
+        if i not in degraded:
+            degraded.append(i)
+    degraded.sort()
+    return predictions
+
+
+def check_finite_probabilities(probabilities: Any, on_llm_error: str) -> Any:
+    """predict_proba's twin of mark_nonfinite_rows: DataError in "raise" mode, the NaN rows as they are otherwise."""
+    if on_llm_error != "ml_only":
+        mark_nonfinite_rows(probabilities, [None] * len(probabilities), [], {}, on_llm_error)
+    return probabilities
