@@ -146,6 +146,10 @@ def _load(named: dict[str, Path], *, providers: str, variant: str, llm_base_url:
         for bundle in models.values():
             bundle.close()
         raise
+    # The LLM client imports the openai SDK on its first request (1-2 s on two busy cores); a server pays that
+    # before it says it is listening, not on its first request.
+    import openai  # noqa: F401
+
     return models
 
 
