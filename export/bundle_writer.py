@@ -74,23 +74,48 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def check_target(output_dir: str | os.PathLike[str]) -> Path:
-    """The resolved target; refuse a file, or a non-empty directory that is not a textclassify bundle."""
+def check_target(output_dir: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """The resolved target; refuse a file, or a non-empty directory that is not purely a textclassify bundle.
+
+    A bundle folder is replaced whole, so it may hold only manifest.json and the files its manifest lists:
+    anything else there (the user's notes, evaluation results) would be deleted without a word. Such a
+    target is refused, naming the first foreign entry, unless `force`.
+    """
     target = Path(output_dir).expanduser().resolve()
     if target.is_file() or (target.exists() and not target.is_dir()):
         raise ExportError(f"Output path {str(target)!r} exists and is not a directory.")
-    if target.is_dir() and any(target.iterdir()) and not _is_bundle(target):
-        raise ExportError(f"Output directory {str(target)!r} is not empty and holds no textclassify bundle; "
-                          "choose a new path (export replaces only an existing bundle).")
+    if target.is_dir() and not force:
+        foreign = foreign_entries(target)
+        if foreign and _bundle_files(target) is None:
+            raise ExportError(f"Output directory {str(target)!r} is not empty and holds no textclassify bundle; "
+                              "choose a new path (export replaces only an existing bundle).")
+        if foreign:
+            raise ExportError(f"Output directory {str(target)!r} holds {foreign[0]!r}, which is not part of the "
+                              f"bundle there ({len(foreign)} such entr{'y' if len(foreign) == 1 else 'ies'}); "
+                              "replacing the bundle would delete it. Move it out, choose another path, or "
+                              "pass --force to replace the folder and everything in it.")
     return target
 
 
-def _is_bundle(directory: Path) -> bool:
+def foreign_entries(directory: Path) -> list[str]:
+    """Entries of `directory` that are not its bundle (manifest.json and the files the manifest lists), sorted;
+    every entry when there is no readable textclassify manifest."""
+    entries = sorted(p.name for p in directory.iterdir())
+    listed = _bundle_files(directory)
+    if listed is None:
+        return entries
+    return [name for name in entries if name != K.MANIFEST_FILE and name not in listed]
+
+
+def _bundle_files(directory: Path) -> set[str] | None:
     try:
         manifest = json.loads((directory / K.MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == BUNDLE_FORMAT
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        return None
+    files = manifest.get("files")
+    return {str(name) for name in files} if isinstance(files, dict) else set()
 
 
 class BundleStage:

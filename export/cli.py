@@ -16,7 +16,9 @@ Examples:
 \b
 The bundle is written only when ONNX Runtime matches PyTorch on the model's validation texts
 (fp32: max |fused_logits diff| <= 1e-4; int8/fp16: >= 99% agreement); otherwise nothing is written
-and an existing bundle at --output is left as it was.
+and an existing bundle at --output is left as it was. --output must be new, empty or a bundle
+(manifest.json and the files it lists); a folder holding anything else is refused, naming the
+first foreign entry, unless --force (which says what it removes).
 """
 
 
@@ -50,15 +52,25 @@ def _one_line(text: str) -> str:
 @click.option("--opset", type=int, default=K.ONNX_OPSET, show_default=True, help="ONNX opset of model.onnx.")
 @click.option("--max-length", type=int, default=None,
               help="Truncate texts to this many tokens (default: the trained max_length).")
+@click.option("--force", is_flag=True,
+              help="Replace --output even when it holds files that are not part of a bundle (they are deleted).")
 @click.option("--debug", is_flag=True, help="Show the full traceback on failure.")
 def main(model_dir: str, output_dir: str, int8: bool, fp16: bool, opset: int, max_length: int | None,
-         debug: bool) -> None:
+         force: bool, debug: bool) -> None:
     """Export a saved textclassify model to a self-contained ONNX bundle (no pickle, checked for parity)."""
     try:
         from textclassify.export.api import export_bundle
+        from textclassify.export.bundle_writer import check_target, foreign_entries
 
+        target = check_target(output_dir, force=force)  # before any work: a refused target costs nothing
+        if force and target.is_dir():
+            foreign = foreign_entries(target)
+            if foreign:
+                shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+                click.echo(f"--force: replacing {target} removes {len(foreign)} entr"
+                           f"{'y' if len(foreign) == 1 else 'ies'} that are not part of a bundle: {shown}", err=True)
         path = export_bundle(model_dir, output_dir, int8=int8, fp16=fp16, opset=opset, max_length=max_length,
-                             progress=True)
+                             progress=True, force=force)
     except Exception as e:  # noqa: BLE001 -- the CLI's contract: one line, no traceback unless --debug
         if debug:
             raise

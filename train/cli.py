@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from textclassify.runtime.errors import ConfigError, TextClassifyError
+from textclassify.runtime.output_paths import check_output_dir
 from textclassify.train.yaml_config import (
     TrainConfig,
     apply_overrides,
@@ -85,6 +86,9 @@ def train_from_config(cfg: TrainConfig, *, progress: bool = True) -> dict[str, A
     """Read the CSVs, fit, save the model, write the report; returns the fitted classifier and where things went."""
     from textclassify.train.data import read_csv
 
+    # Every output path first: an output_dir that is a file used to fail after the whole training run.
+    check_output_dir(cfg.classifier["output_dir"], "output_dir", files=["metrics.json"],
+                     folders=[MODEL_DIR, "report"])
     train_df = read_csv(cfg.train_path)
     test_df = read_csv(cfg.test_path) if cfg.test_path else None  # both files are read before any training
     from transformers.utils import logging as hf_logging
