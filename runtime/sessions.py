@@ -38,6 +38,11 @@ CUDA_INTRA_OP_THREADS = 1
 CUDA_PAD_MULTIPLE = 8
 
 _T = TypeVar("_T")
+
+
+class CudaSessionError(ConfigError):
+    """A graph that ONNX Runtime opens on the CPU could not be opened with CUDA (bad device id, CUDA init failure)."""
+
 _preload_lock = threading.Lock()
 _preloaded = False
 
@@ -213,6 +218,8 @@ class OnnxModel:
         try:
             self.session = inference_session(model, providers, options, provider_options)
         except Exception as e:  # noqa: BLE001 -- ORT raises its own exception types for malformed graphs
+            if CUDA in providers and _opens_on_cpu(model):
+                raise CudaSessionError(f"{name}: ONNX Runtime could not open it with CUDA ({_first_line(e)})") from None
             raise BundleError(f"{name}: ONNX Runtime could not load it ({_first_line(e)}).") from None
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -257,30 +264,24 @@ def open_with_fallback(plan: ProviderPlan, build: Callable[[ProviderPlan], _T], 
                        discard: Callable[[_T], None]) -> tuple[_T, ProviderPlan]:
     """`build(plan)`, check each session got what it asked for, warm it up; on CPU alone if CUDA fails.
 
-    A CUDA shortfall is a session that obtained no CUDA, or a warm-up that raised on CUDA (a missing kernel
-    or cuDNN piece, out of memory: they surface at the first run). Under a strict plan (providers="cuda")
-    it is a ConfigError naming ONNX Runtime's message; otherwise one warning, and everything is built
-    again with `plan.cpu()`: CPU providers and the CPU session options (fusions, threads).
+    A CUDA shortfall is a session that could not be opened with CUDA or obtained no CUDA, or a warm-up
+    that raised on CUDA (a missing kernel or cuDNN piece, out of memory: they surface at the first run).
+    Under a strict plan (providers="cuda") it is a ConfigError naming ONNX Runtime's message; otherwise
+    one warning, and everything is built again with `plan.cpu()`: CPU providers and the CPU session
+    options (fusions, threads).
     Returns what was built and the plan it was built with.
     """
-    built = build(plan)
     try:
+        built = build(plan)
+    except CudaSessionError as e:
         if not plan.on_cuda:
-            warm_up(built)
-            return built, plan
-        problem = cuda_shortfall(sessions(built))
+            raise
+        problem = str(e)
+    else:
+        problem = _checked_on_cuda(plan, built, sessions, warm_up, discard)
         if problem is None:
-            try:
-                warm_up(built)
-                return built, plan
-            except TextClassifyError:
-                raise
-            except Exception as e:  # noqa: BLE001 -- ORT raises its own types (Fail, RuntimeException, ...)
-                problem = f"the first run on CUDA failed: {_first_line(e)}"
-    except BaseException:
+            return built, plan
         discard(built)
-        raise
-    discard(built)
     if plan.strict:
         raise ConfigError(f"providers='cuda' but {problem}; its log above says why. Install textclassify[gpu] "
                           "(onnxruntime-gpu with the CUDA 12 and cuDNN 9 wheels) or load with providers='auto' "
@@ -294,6 +295,28 @@ def open_with_fallback(plan: ProviderPlan, build: Callable[[ProviderPlan], _T], 
         discard(built)
         raise
     return built, cpu
+
+
+def _checked_on_cuda(plan: ProviderPlan, built: _T, sessions: Callable[[_T], Iterable[OnnxModel]],
+                     warm_up: Callable[[_T], None], discard: Callable[[_T], None]) -> str | None:
+    """Warm `built` up; on CUDA first check every session got it. The shortfall in one sentence, or None."""
+    try:
+        if not plan.on_cuda:
+            warm_up(built)
+            return None
+        problem = cuda_shortfall(sessions(built))
+        if problem is not None:
+            return problem
+        try:
+            warm_up(built)
+        except TextClassifyError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- ORT raises its own types (Fail, RuntimeException, ...)
+            return f"the first run on CUDA failed: {_first_line(e)}"
+        return None
+    except BaseException:
+        discard(built)
+        raise
 
 
 def padded_width(longest: int, multiple: int, cap: int) -> int:
@@ -315,6 +338,15 @@ def warm_up_rows(sample: Sequence[int], rows: int, width: int) -> list[list[int]
         fill = (inner * (width // len(inner) + 1))[: width - 2]
         row = list(sample[:1]) + fill + list(sample[-1:])
     return [list(row) for _ in range(rows)]
+
+
+def _opens_on_cpu(model: bytes | str) -> bool:
+    """Whether ONNX Runtime opens `model` on the CPU alone (tells a CUDA failure from a malformed graph)."""
+    try:
+        inference_session(model, [CPU], session_options(1))
+    except Exception:  # noqa: BLE001 -- any failure here means the graph itself is the problem
+        return False
+    return True
 
 
 def _session_device_id(session: Any) -> int:

@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.cuda_sim import CPU, CUDA, CUDA_RUN_ERROR, FailingCudaSession, gpu_build
+from tests.support.cuda_sim import (
+    CPU,
+    CUDA,
+    CUDA_OPEN_ERROR,
+    CUDA_RUN_ERROR,
+    FailingCudaSession,
+    UnopenableCudaSession,
+    gpu_build,
+)
 from tests.support.data import make_tickets
 from tests.support.toy_bundle import read_manifest, write_manifest, write_toy_bundle
 from textclassify.runtime import load_bundle
@@ -255,6 +263,23 @@ def test_failed_first_cuda_run_raises_under_cuda(fp16_cuda: Path, monkeypatch: p
     with pytest.raises(ConfigError) as e:
         load_bundle(fp16_cuda, providers="cuda", **NO_LLM)
     assert str(e.value).startswith(f"providers='cuda' but the first run on CUDA failed: {CUDA_RUN_ERROR}; ")
+
+
+def test_session_that_cannot_open_on_cuda(fp16_cuda: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph that opens on the CPU but not with CUDA (say, a device id the machine lacks) is a CUDA
+    shortfall, not a broken bundle: auto falls back with a warning, cuda is a ConfigError."""
+    gpu_build(monkeypatch, UnopenableCudaSession)
+    with pytest.warns(RuntimeWarning) as caught:
+        bundle = load_bundle(fp16_cuda, device_id=7, **NO_LLM)
+    assert [str(w.message) for w in caught] == [
+        f"encoder.fp16.onnx: ONNX Runtime could not open it with CUDA ({CUDA_OPEN_ERROR}); running on "
+        "CPUExecutionProvider instead."]
+    with bundle:
+        assert (bundle.variant, bundle.providers) == ("fp32", [CPU])
+    with pytest.raises(ConfigError) as e:
+        load_bundle(fp16_cuda, providers="cuda", device_id=7, **NO_LLM)
+    assert str(e.value).startswith(
+        f"providers='cuda' but encoder.fp16.onnx: ONNX Runtime could not open it with CUDA ({CUDA_OPEN_ERROR}); ")
 
 
 def test_device_id_checked(fp16_cuda: Path) -> None:

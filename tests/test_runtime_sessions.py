@@ -223,3 +223,10 @@ def test_fallback_leaves_bundle_errors_alone() -> None:
         open_with_fallback(ProviderPlan((CUDA, CPU)), lambda plan: plan, sessions=lambda b: [], warm_up=warm_up,
                            discard=discarded.append)
     assert discarded == [ProviderPlan((CUDA, CPU))]
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")
+def test_broken_graph_asked_on_cuda_is_still_a_bundle_error() -> None:
+    """A graph that ONNX Runtime cannot open on the CPU either is the bundle's fault, not CUDA's."""
+    with pytest.raises(BundleError, match=r"^encoder.onnx: ONNX Runtime could not load it \("):
+        OnnxModel("encoder.onnx", b"not a model at all", [CUDA, CPU], session_options(), ENCODER_IN, ENCODER_OUT)

@@ -99,3 +99,16 @@ def gpu_build(monkeypatch: pytest.MonkeyPatch, session_class: type | None = Simu
         monkeypatch.setattr(session_class, "log", log)
         monkeypatch.setattr(ort, "InferenceSession", session_class)
     return log
+
+
+CUDA_OPEN_ERROR = "[ONNXRuntimeError] : 1 : FAIL : CUDA failure 101: invalid device ordinal"
+
+
+class UnopenableCudaSession(SimulatedCudaSession):
+    """Cannot be created with CUDA at all (a device id the machine lacks, a CUDA that fails to initialise)."""
+
+    def __init__(self, path_or_bytes: Any, sess_options: Any = None, providers: Any = None,
+                 provider_options: Any = None, **kwargs: Any) -> None:
+        if CUDA in (providers or []):
+            raise RuntimeError(CUDA_OPEN_ERROR)
+        super().__init__(path_or_bytes, sess_options, providers, provider_options, **kwargs)
