@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from tests.support.llm_server import FakeLLMServer
+from tests.support.seed_data import sentiment_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -42,18 +43,6 @@ python train_fusion.py \\
     --config fusion_config.yaml \\
     --test-data data/test.csv
 """
-
-SENTIMENT = {
-    "positive": ["love", "enjoyed", "adore", "recommend"],
-    "negative": ["hate", "regret", "dislike", "avoid"],
-    "neutral": ["used", "noticed", "read about", "looked at"],
-}
-THINGS = ["this movie", "the food", "my phone", "the hotel", "the book", "the service"]
-
-
-def sentiment_rows() -> list[tuple[str, str]]:
-    return [(f"I {verb} {thing}.", label) for label, verbs in SENTIMENT.items() for verb in verbs for thing in THINGS]
-
 
 @pytest.fixture(scope="module")
 def llm():
