@@ -1,6 +1,9 @@
 """The seed README's code blocks, copied verbatim, run offline with the fake LLM reached through the environment.
 
-Every block that is code rather than a sketch is here. The README's provider is deepseek, so
+Every block that is code rather than a sketch is here, except two that this package does not run yet:
+"Multi-Label Support" (TrainingData with 0/1 rows; here multi-label labels are lists of label names)
+and "Utilities and Helpers" (the seed's FusionUtils returns train/test frames and takes save_path and
+save_results; ours returns TrainingData and takes a .png path). The README's provider is deepseek, so
 DEEPSEEK_BASE_URL points at the loopback fake server (DEEPSEEK_API_KEY is a dummy); "roberta-base" is a
 local folder of that name holding the tiny test RoBERTa; the working folder and HOME are temporary.
 What a block leaves to the reader (`your_dataframe`, `ml_config`, `test_texts`, ...), or imports in an
@@ -108,50 +111,6 @@ fusion_ensemble.fit(training_data)
 # Predict with automatic metrics calculation
 result = fusion_ensemble.predict(test_texts, test_labels)
 print(f"Accuracy: {result.metadata['metrics']['accuracy']:.4f}")
-'''
-
-# "Multi-Label Support"
-MULTI_LABEL_ENSEMBLE = '''\
-# Multi-label configuration
-training_data = TrainingData(
-    texts=texts,
-    labels=binary_labels,  # [[1,0,1], [0,1,0], ...]
-    classification_type=ClassificationType.MULTI_LABEL
-)
-
-# Fusion ensemble automatically adapts
-fusion_ensemble.fit(training_data)
-
-# Get multi-label predictions
-result = fusion_ensemble.predict(test_texts, test_labels)
-# result.predictions = [['action', 'drama'], ['comedy'], ...]
-'''
-
-# "Utilities and Helpers"
-UTILITIES = '''\
-from textclassify.utils.fusion_utils import FusionUtils
-
-# Data preparation
-train_df, test_df = FusionUtils.prepare_data_for_fusion(
-    df, text_column='text', label_columns=['label'], multi_label=False
-)
-
-# Data validation
-stats = FusionUtils.validate_fusion_data(df, 'text', ['label'])
-print(f"Data valid: {stats['valid']}")
-print(f"Text stats: {stats['statistics']['text']}")
-
-# Model evaluation
-evaluation = FusionUtils.evaluate_fusion_model(
-    fusion_ensemble, test_texts, test_labels, save_results=True
-)
-
-# Visualizations (requires matplotlib)
-FusionUtils.plot_fusion_results(evaluation, save_path='plots/')
-
-# Model persistence
-FusionUtils.save_fusion_model(fusion_ensemble, 'models/fusion_v1/')
-loaded_model = FusionUtils.load_fusion_model('models/fusion_v1/')
 '''
 
 # "Custom Fusion MLP Architecture"
