@@ -1,4 +1,4 @@
-"""AutoFusionClassifier: the DESIGN recipe behind one fit/predict/save/load/export object."""
+"""AutoFusionClassifier: the fusion recipe (docs/architecture.md) behind one fit/predict/save/load/export object."""
 from __future__ import annotations
 
 import logging
@@ -54,7 +54,7 @@ def _check_known_labels(data: Any, td: TrainingData, cfg: dict[str, Any], what: 
 
 
 class AutoFusionClassifier:
-    """Fine-tuned encoder + calibrated LLM scores, fused by an MLP trained as DESIGN.md lays out.
+    """Fine-tuned encoder + calibrated LLM scores, fused by an MLP trained as docs/architecture.md lays out.
 
     `__init__` only stores the config; it is validated when `fit` starts.
     """

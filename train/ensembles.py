@@ -2,7 +2,7 @@
 
 Voting and weighted ensembles combine the predictions of any models with `fit(TrainingData)` and
 `predict(texts) -> ClassificationResult` (RoBERTaClassifier, the LLM classifiers, ...).
-FusionEnsemble is the DESIGN recipe: it reads the settings of one RoBERTaClassifier and one LLM
+FusionEnsemble is the fusion recipe (docs/architecture.md): it reads the settings of one RoBERTaClassifier and one LLM
 classifier and trains an AutoFusionClassifier with them.
 """
 from __future__ import annotations
@@ -352,7 +352,7 @@ def _auto_classifier(config: dict[str, Any], api_key: str | None) -> Any:
 
 
 class FusionEnsemble:
-    """The fusion recipe (DESIGN.md) over one RoBERTaClassifier and one LLM classifier, the seed's way.
+    """The fusion recipe (docs/architecture.md) over one RoBERTaClassifier and one LLM classifier, the seed's way.
 
     `fit` builds an AutoFusionClassifier config from the components' settings (`to_config`) and the
     EnsembleConfig parameters (`fusion_hidden_dims`, `ml_lr`, `fusion_lr`, `num_epochs`, `batch_size`,

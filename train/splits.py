@@ -51,7 +51,7 @@ class FusionSplits:
 
 def make_splits(targets: np.ndarray, multi_label: bool, fusion_split: float, ml_val_split: float,
                 fusion_val_split: float, seed: int, n_labels: int) -> FusionSplits:
-    """Split per DESIGN: fusion split held out from stage 1; each side cut again for early stopping."""
+    """The recipe's split: fusion split held out from stage 1; each side cut again for early stopping."""
     rng = np.random.default_rng(seed)
     targets = np.asarray(targets)
     n = len(targets)

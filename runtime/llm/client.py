@@ -59,7 +59,7 @@ class PartialScores:
 
 
 class LLMScorer(RequestTransport):
-    """Scores texts against `labels` with the LLM `settings` describe; see DESIGN.md, 'LLM scores'."""
+    """Scores texts against `labels` with the LLM `settings` describe (cached, concurrent, retried)."""
 
     def __init__(
         self, settings: LLMSettings, labels: Sequence[str], multi_label: bool, *,
