@@ -1,4 +1,4 @@
-"""The seed's constructor style: `RoBERTaClassifier(config={...})`, `DeepSeekClassifier(label_columns=...)`."""
+"""The original API's constructor style: `RoBERTaClassifier(config={...})`, `DeepSeekClassifier(label_columns=...)`."""
 from __future__ import annotations
 
 import re
@@ -21,7 +21,7 @@ def test_config_dict_sets_the_same_attributes_as_keywords():
 
 
 def test_label_columns_inside_config_means_labels():
-    """The seed's label name works inside config too."""
+    """The original API's label name works inside config too."""
     assert OpenAIClassifier(config={"label_columns": ["x", "y"]}).labels == ["x", "y"]
 
 
@@ -32,7 +32,7 @@ def test_label_columns_inside_config_means_labels():
     ({"model": "a", "config": {"model": "b"}}, "DeepSeekClassifier: model is given both as an argument ('a') and "
                                                "in config ('b'); give it once."),
     ({"labels": ["a", "b"], "label_columns": ["a", "b"]}, "DeepSeekClassifier: give either labels or label_columns "
-                                                          "(the seed's name), not both."),
+                                                          "(the original API's name), not both."),
     ({"config": {"labels": ["a", "b"], "label_columns": ["a", "b"]}},
      "DeepSeekClassifier: config: give either 'labels' or 'label_columns', not both."),
     ({"config": ["model", "x"]}, "DeepSeekClassifier: config: expected a dict of DeepSeekClassifier's keyword "

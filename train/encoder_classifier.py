@@ -1,4 +1,4 @@
-"""RoBERTaClassifier: a fine-tuned Hugging Face encoder on its own, with the seed's fit/predict interface.
+"""RoBERTaClassifier: a fine-tuned Hugging Face encoder on its own, with the original API's fit/predict interface.
 
 The name is kept for familiarity; `model_name` may be any AutoModelForSequenceClassification model
 (hub name or local folder). Training is stage 1 of the fusion recipe (`train.encoder`), on the
@@ -42,7 +42,7 @@ class RoBERTaClassifier:
         self.early_stopping_patience = early_stopping_patience
         self.seed = seed
         self.progress = progress
-        apply_config(self, config)  # the seed's RoBERTaClassifier(config={...}): the same keywords as a dict
+        apply_config(self, config)  # the original API's RoBERTaClassifier(config={...}): the same keywords as a dict
 
     def to_config(self) -> dict[str, Any]:
         """These settings as the matching AutoFusionClassifier config keys (ml_model, seed, ml.*)."""

@@ -1,4 +1,4 @@
-"""The seed's ensembles: VotingEnsemble, WeightedEnsemble and FusionEnsemble (with EnsembleConfig).
+"""The original API's ensembles: VotingEnsemble, WeightedEnsemble and FusionEnsemble (with EnsembleConfig).
 
 Voting and weighted ensembles combine the predictions of any models with `fit(TrainingData)` and
 `predict(texts) -> ClassificationResult` (RoBERTaClassifier, the LLM classifiers, ...).
@@ -35,7 +35,7 @@ VOTING_MODES = ("hard", "soft")
 
 @dataclass
 class EnsembleConfig:
-    """The seed's ensemble description: a method, its component models and its parameters."""
+    """The original API's ensemble description: a method, its component models and its parameters."""
 
     ensemble_method: str = "fusion"
     models: list[Any] = field(default_factory=list)
@@ -352,7 +352,7 @@ def _auto_classifier(config: dict[str, Any], api_key: str | None) -> Any:
 
 
 class FusionEnsemble:
-    """The fusion recipe (docs/architecture.md) over one RoBERTaClassifier and one LLM classifier, the seed's way.
+    """The fusion recipe (docs/architecture.md) over one RoBERTaClassifier and one LLM classifier (original API).
 
     `fit` builds an AutoFusionClassifier config from the components' settings (`to_config`) and the
     EnsembleConfig parameters (`fusion_hidden_dims`, `ml_lr`, `fusion_lr`, `num_epochs`, `batch_size`,

@@ -1,4 +1,4 @@
-"""FusionUtils (the seed's helpers) and the result/metrics helpers shared by the seed-compatible classes.
+"""FusionUtils (the original API's helpers) and the result/metrics helpers shared by the classes of that API.
 
 `prepare_data_for_fusion` and `validate_fusion_data` check labelled data, `evaluate_fusion_model`
 scores any model that returns a ClassificationResult, `plot_fusion_results` draws accuracy and
@@ -197,7 +197,7 @@ def _draw_bars(rows: list[tuple[str, float, float]], path: Path, title: str) -> 
 
 
 class FusionUtils:
-    """The seed's helper namespace: data preparation and checks, evaluation, plots, save/load."""
+    """The original API's helper namespace: data preparation and checks, evaluation, plots, save/load."""
 
     @staticmethod
     def prepare_data_for_fusion(df: Any, text_column: str, label_columns: str | Sequence[str],

@@ -1,4 +1,4 @@
-"""LLM classifiers with the seed's fit/predict interface: thin wrappers over the one LLM client.
+"""LLM classifiers with the original API's fit/predict interface: thin wrappers over the one LLM client.
 
 `DeepSeekClassifier`, `OpenAIClassifier`, `GeminiClassifier` and `OpenAICompatibleClassifier` differ
 only in their provider preset (base URL, default model, API-key variable). Each scores texts with
@@ -65,7 +65,7 @@ class LLMClassifier:
                  progress: bool = False, label_columns: Sequence[str] | None = None,
                  config: Mapping[str, Any] | None = None) -> None:
         if label_columns is not None and labels is not None:
-            raise ConfigError(f"{type(self).__name__}: give either labels or label_columns (the seed's name), "
+            raise ConfigError(f"{type(self).__name__}: give either labels or label_columns (the original API's name), "
                               "not both.")
         self.model = model
         self.base_url = base_url
@@ -80,7 +80,7 @@ class LLMClassifier:
         self.calibrate = calibrate
         self.progress = progress
         self._api_key = api_key
-        apply_config(self, config, aliases={"label_columns": "labels"})  # the seed's config={...}
+        apply_config(self, config, aliases={"label_columns": "labels"})  # the original API's config={...}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"

@@ -1,4 +1,4 @@
-"""The seed's constructor style, `RoBERTaClassifier(config={...})`: one dict of the constructor's keywords.
+"""The original API's constructor style, `RoBERTaClassifier(config={...})`: one dict of the constructor's keywords.
 
 `apply_config` sets each key of that dict as if it had been passed by name; an unknown key, an API
 key, or a key also passed by name with another value is a ConfigError naming the key.

@@ -1,4 +1,4 @@
-"""The YAML file of `fusion-train --config`: the seed's layout (data, models.ml, models.llm, fusion, output_dir).
+"""The YAML file of `fusion-train --config`: the original layout (data, models.ml, models.llm, fusion, output_dir).
 
 Each YAML key maps onto one key of the flat AutoFusionClassifier config (train/config.py), whose
 rules check it; every error names the key's path in the YAML's own terms
@@ -97,7 +97,7 @@ FIELDS: tuple[Field, ...] = (
     Field("seed", "seed", "Random seed of the splits and of training."),
 )
 
-# Older spellings accepted for the seed's files; giving both an alias and its key is an error.
+# Older spellings accepted for the original API's files; giving both an alias and its key is an error.
 ALIASES: dict[str, str] = {
     "models.ml.ml_model": "models.ml.model_name",
     "data.file_path": "data.train_path",
@@ -252,12 +252,6 @@ def _unknown(path: str, key: Any, known: Mapping[str, Any]) -> ConfigError:
 
 def _walk(node: Mapping[Any, Any], tree: Mapping[str, Any], prefix: str, found: dict[str, Any]) -> None:
     node = dict(node)
-    for alias, target in ALIASES.items():
-        a_parent, a_leaf = alias.rsplit(".", 1)
-        t_leaf = target.rsplit(".", 1)[1]
-        if a_parent == prefix and a_leaf in node:
-            if t_leaf in node:
-                raise ConfigError(f"{alias}: give either {t_leaf} or {a_leaf} under {prefix}, not both.")
     for path, (check, expected, why) in IGNORED.items():
         parent, leaf = path.rsplit(".", 1)
         if parent == prefix and leaf in node:
@@ -265,6 +259,12 @@ def _walk(node: Mapping[Any, Any], tree: Mapping[str, Any], prefix: str, found: 
             if not check(value):
                 raise _fail(path, expected, value)
             log.warning("%s: accepted for compatibility and ignored: %s.", path, why)
+    for alias, target in ALIASES.items():
+        a_parent, a_leaf = alias.rsplit(".", 1)
+        t_leaf = target.rsplit(".", 1)[1]
+        if a_parent == prefix and a_leaf in node:
+            if t_leaf in node:
+                raise ConfigError(f"{alias}: give either {t_leaf} or {a_leaf} under {prefix}, not both.")
             node[t_leaf] = node.pop(a_leaf)
     for key, value in node.items():
         path = f"{prefix}.{key}" if prefix else str(key)

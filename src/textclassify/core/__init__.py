@@ -1,1 +1,1 @@
-"""The seed's `textclassify.core` package; its names live in `textclassify.core.types`."""
+"""The original API's `textclassify.core` package; its names live in `textclassify.core.types`."""

@@ -1,4 +1,4 @@
-"""The seed's import path `textclassify.core.types`: a re-export.
+"""The original API's import path `textclassify.core.types`: a re-export.
 
 TrainingData, ClassificationType and ClassificationResult live in `textclassify.runtime.types`,
 EnsembleConfig in `textclassify.train.ensembles` (importing it loads no torch).

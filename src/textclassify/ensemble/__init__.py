@@ -1,4 +1,4 @@
-"""The seed's import path for the ensembles: `from textclassify.ensemble import VotingEnsemble, ...`.
+"""The original API's import path for the ensembles: `from textclassify.ensemble import VotingEnsemble, ...`.
 
 A re-export of `textclassify.train.ensembles`; the classes live there.
 """

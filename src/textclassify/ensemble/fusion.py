@@ -1,4 +1,4 @@
-"""The seed's import path `textclassify.ensemble.fusion`: FusionEnsemble and the fusion network.
+"""The original API's import path `textclassify.ensemble.fusion`: FusionEnsemble and the fusion network.
 
 A re-export of `textclassify.train.ensembles` and `textclassify.train.fusion_model`.
 """

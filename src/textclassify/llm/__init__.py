@@ -1,4 +1,4 @@
-"""The seed's import path for the LLM classifiers: a re-export of `textclassify.train.llm_classifiers`."""
+"""The original API's import path for the LLM classifiers: a re-export of `textclassify.train.llm_classifiers`."""
 from textclassify.train.llm_classifiers import (
     DeepSeekClassifier,
     GeminiClassifier,

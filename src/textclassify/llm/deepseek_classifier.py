@@ -1,4 +1,4 @@
-"""The seed's import path `textclassify.llm.deepseek_classifier`.
+"""The original API's import path `textclassify.llm.deepseek_classifier`.
 
 A re-export of `textclassify.train.llm_classifiers`.
 """

@@ -1,4 +1,4 @@
-"""The seed's import path `textclassify.ml.roberta_classifier`.
+"""The original API's import path `textclassify.ml.roberta_classifier`.
 
 A re-export of `textclassify.train.encoder_classifier`.
 """

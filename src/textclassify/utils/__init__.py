@@ -1,1 +1,1 @@
-"""The seed's `textclassify.utils` package; see `textclassify.utils.fusion_utils`."""
+"""The original API's `textclassify.utils` package; see `textclassify.utils.fusion_utils`."""
