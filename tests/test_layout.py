@@ -62,7 +62,9 @@ def test_non_editable_install_imports_from_the_repo_root(tmp_path):
         check=True, capture_output=True, text=True).stdout.strip())
     # The dependencies (numpy, openai, setuptools, ...) come from the test's own environment as a plain
     # path entry: .pth files there (the editable install's finder among them) are not executed.
-    (site / "zz_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    deps = deps or [sysconfig.get_paths()["purelib"]]
+    (site / "zz_deps.pth").write_text("\n".join(deps) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     subprocess.run(
         [sys.executable, "-m", "pip", "--disable-pip-version-check", "--python", str(python), "install",
