@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from textclassify.runtime import constants as K
 from textclassify.runtime.errors import DataError
 
 
@@ -28,18 +29,36 @@ def logits_to_probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray
     return sigmoid(logits) if multi_label else softmax(logits)
 
 
+def label_thresholds(thresholds: Sequence[float] | None, n_labels: int) -> np.ndarray:
+    """The multi-label decision threshold of each label: the given ones, else DEFAULT_THRESHOLD for all."""
+    if thresholds is None:
+        return np.full(n_labels, K.DEFAULT_THRESHOLD, dtype=np.float64)
+    return np.asarray(thresholds, dtype=np.float64)
+
+
+def decide(probabilities: np.ndarray, multi_label: bool, thresholds: Sequence[float] | None = None) -> np.ndarray:
+    """The one decision rule: class index per row [n] (argmax), or a 0/1 matrix [n, C] where a label is on
+    when its probability reaches its threshold (`label_thresholds`)."""
+    p = np.asarray(probabilities)
+    if not multi_label:
+        return p.argmax(axis=1) if len(p) else np.zeros(0, dtype=np.int64)
+    return (p >= label_thresholds(thresholds, p.shape[1])).astype(np.int64)
+
+
 def decode_predictions(
     probabilities: np.ndarray,
     labels: Sequence[str],
     multi_label: bool,
     thresholds: Sequence[float] | None = None,
 ) -> list[Any]:
-    """Argmax label per row (multi-class) or the labels whose probability reaches its threshold."""
+    """Argmax label per row (multi-class) or the labels whose probability reaches its threshold (`decide`)."""
+    p = np.asarray(probabilities)
+    if not multi_label and len(p) == 0:
+        return []
+    targets = decide(p.reshape(len(p), len(labels)), multi_label, thresholds)
     if not multi_label:
-        return [labels[i] for i in np.asarray(probabilities).argmax(axis=1)] if len(probabilities) else []
-    thr = np.full(len(labels), 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    hits = np.asarray(probabilities) >= thr
-    return [[labels[j] for j in np.flatnonzero(row)] for row in hits]
+        return [labels[int(i)] for i in targets]
+    return [[labels[j] for j in np.flatnonzero(row)] for row in targets]
 
 
 def encode_targets(targets: Sequence[Any], labels: Sequence[str], multi_label: bool) -> np.ndarray:

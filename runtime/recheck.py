@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from textclassify.runtime.decoding import label_thresholds
+
 # The manifest's recheck margin is the largest change seen on the parity texts times this factor. 1.0:
 # that maximum is over every parity text at two batch sizes, and on the MiniLM benchmark model it was
 # above the largest change seen on 512 other texts (0.36 against 0.34); 1.5 reran 11% of the rows
@@ -22,8 +24,7 @@ RECHECK_SAFETY = 1.0
 
 def threshold_logits(thresholds: Sequence[float] | None, n_labels: int) -> np.ndarray:
     """Multi-label thresholds as logits (a probability threshold t is the logit log(t / (1 - t)))."""
-    thr = np.full(n_labels, 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    thr = np.clip(thr, 1e-7, 1 - 1e-7)
+    thr = np.clip(label_thresholds(thresholds, n_labels), 1e-7, 1 - 1e-7)
     return np.log(thr / (1.0 - thr))
 
 

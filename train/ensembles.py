@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from textclassify.runtime import constants as K
-from textclassify.runtime.decoding import encode_targets
+from textclassify.runtime.decoding import decide, encode_targets
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
 from textclassify.runtime.metrics import classification_metrics, log_loss
 from textclassify.runtime.types import ClassificationResult, TrainingData
@@ -25,7 +25,6 @@ from textclassify.train.fusion_utils import (
     align_columns,
     check_training_data,
     encode_true_labels,
-    probabilities_to_targets,
     result_from_probabilities,
 )
 
@@ -312,7 +311,7 @@ class WeightedEnsemble(_ComponentEnsemble):
             self.validation_metrics_[name] = classification_metrics(y_val, predicted[k], self.labels_,
                                                                     self.multi_label_)
         self.validation_metrics_["ensemble"] = classification_metrics(
-            y_val, probabilities_to_targets(mixed, self.multi_label_, self.thresholds_), self.labels_,
+            y_val, decide(mixed, self.multi_label_, self.thresholds_), self.labels_,
             self.multi_label_)
         self._fitted = True
         return self

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from textclassify.runtime.decoding import encode_targets
+from textclassify.runtime.decoding import decide, encode_targets
 from textclassify.runtime.errors import ConfigError, DataError
 from textclassify.runtime.metrics import classification_metrics
 from textclassify.runtime.types import ClassificationResult, TrainingData
@@ -40,16 +40,6 @@ def encode_true_labels(labels: Sequence[Any] | None, n_texts: int, label_names: 
         raise DataError(str(e)) from None
 
 
-def probabilities_to_targets(probabilities: np.ndarray, multi_label: bool,
-                             thresholds: Sequence[float] | None = None) -> np.ndarray:
-    """Class indices [n] (argmax) or a 0/1 matrix [n, C] (probability >= threshold, 0.5 by default)."""
-    p = np.asarray(probabilities)
-    if not multi_label:
-        return p.argmax(axis=1) if len(p) else np.zeros(0, dtype=np.int64)
-    thr = np.full(p.shape[1], 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    return (p >= thr).astype(np.int64)
-
-
 def targets_to_predictions(targets: np.ndarray, label_names: Sequence[str], multi_label: bool) -> list[Any]:
     """Label names per row: one name (multi-class) or the list of names whose column is 1."""
     if not multi_label:
@@ -66,7 +56,7 @@ def result_from_probabilities(probabilities: np.ndarray, label_names: Sequence[s
     `predicted` overrides the targets read off the probabilities (hard voting decides by votes).
     """
     probs = np.asarray(probabilities, dtype=np.float32)
-    targets = probabilities_to_targets(probs, multi_label, thresholds) if predicted is None else predicted
+    targets = decide(probs, multi_label, thresholds) if predicted is None else predicted
     meta = dict(metadata or {})
     if y_true is not None:
         meta["metrics"] = classification_metrics(y_true, targets, list(label_names), multi_label)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from textclassify.runtime.decoding import decide, label_thresholds
 from textclassify.runtime.errors import DataError
 from textclassify.runtime.metrics import classification_metrics, expected_calibration_error, log_loss
 from textclassify.train import persistence
@@ -77,14 +78,10 @@ def check_held_out(held_out: Mapping[str, Any], labels: Sequence[str],
             raise DataError(f"held_out['probabilities'][{name!r}]: every probability must be finite.")
         probabilities[name] = p
     given = held_out.get("thresholds")
-    thresholds = np.asarray([0.5] * c if given is None else given, dtype=np.float64)
+    thresholds = label_thresholds(given, c)
     if thresholds.shape != (c,):
         raise DataError(f"held_out['thresholds']: expected {c} thresholds, got shape {thresholds.shape}.")
     return targets, probabilities, thresholds
-
-
-def _predict(p: np.ndarray, multi_label: bool, thresholds: np.ndarray) -> np.ndarray:
-    return (p >= thresholds).astype(np.int64) if multi_label else p.argmax(axis=1)
 
 
 def _calibration(targets: np.ndarray, probabilities: Mapping[str, np.ndarray], multi_label: bool) -> dict[str, float]:
@@ -316,7 +313,7 @@ def write_report(output_dir: str | os.PathLike, metadata: Mapping[str, Any], hel
         targets, probabilities, thresholds = check_held_out(held_out, labels, multi_label)
         if not multi_label:
             for name in _ordered(list(probabilities)):
-                predicted = _predict(probabilities[name], multi_label, thresholds)
+                predicted = decide(probabilities[name], multi_label, thresholds)
                 m = classification_metrics(targets, predicted, labels, multi_label)
                 title = (f"{_display(name)} (held-out n={len(targets)})\n"
                          f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
