@@ -29,6 +29,16 @@ def logits_to_probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray
     return sigmoid(logits) if multi_label else softmax(logits)
 
 
+def scores_to_probabilities(raw_scores: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Uncalibrated LLM scores read as probabilities ("LLM alone (raw)" everywhere): multi-label scores clipped
+    to [0, 1]; multi-class rows floored at SCORE_EPS and renormalised to sum 1 (an all-zero row is uniform)."""
+    raw = np.asarray(raw_scores, dtype=np.float64)
+    if multi_label:
+        return np.clip(raw, 0.0, 1.0).astype(np.float32)
+    p = np.maximum(raw, K.SCORE_EPS)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def label_thresholds(thresholds: Sequence[float] | None, n_labels: int) -> np.ndarray:
     """The multi-label decision threshold of each label: the given ones, else DEFAULT_THRESHOLD for all."""
     if thresholds is None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from textclassify.runtime import constants as K
-from textclassify.runtime.decoding import decide, decode_predictions, label_thresholds
+from textclassify.runtime.decoding import decide, decode_predictions, label_thresholds, scores_to_probabilities
 from textclassify.runtime.recheck import threshold_logits
 from textclassify.train.fusion_utils import result_from_probabilities
 
@@ -49,3 +49,29 @@ def test_names_follow_the_decision(multi_label):
         assert names == [[LABELS[j] for j in np.flatnonzero(row)] for row in targets]
     else:
         assert names == [LABELS[i] for i in targets]
+
+
+def test_scores_to_probabilities_one_rule():
+    """Raw LLM scores as probabilities: rows renormalised (all-zero: uniform, negatives floored), labels clipped."""
+    raw = np.array([[2.0, 1.0, 1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 3.0]])
+    got = scores_to_probabilities(raw, multi_label=False)
+    np.testing.assert_allclose(got[:2], [[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)
+    assert got[2].argmax() == 2 and (got > 0).all() and np.allclose(got.sum(axis=1), 1.0)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(scores_to_probabilities(np.array([[1.2, -0.1, 0.4]]), True), [[1.0, 0.0, 0.4]],
+                               rtol=1e-6)
+
+
+def test_llm_alone_raw_is_the_same_in_the_classifier_and_the_calibration_report():
+    """LLMClassifier's uncalibrated probabilities and the calibration report's 'raw' log loss read one rule."""
+    from textclassify.runtime.metrics import log_loss
+    from textclassify.train.calibration import calibration_report
+    from textclassify.train.llm_classifiers import DeepSeekClassifier
+
+    raw = np.array([[0.7, 0.2, 0.1], [0.0, 0.0, 0.0], [0.1, 0.1, 0.8], [0.3, 0.6, 0.1]] * 5)
+    targets = np.array([0, 1, 2, 1] * 5)
+    clf = DeepSeekClassifier()
+    clf.multi_label_, clf.calibrator_ = False, None  # the state fit() leaves without calibrate=True
+    report = calibration_report(raw, raw, targets, False)
+    assert report["log_loss_before"] == pytest.approx(log_loss(clf._probabilities(raw), targets, False))
+    assert np.isfinite(report["log_loss_before"])  # the all-zero rows are uniform, not 0/0

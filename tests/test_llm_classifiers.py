@@ -13,7 +13,6 @@ from textclassify.train.llm_classifiers import (
     GeminiClassifier,
     OpenAIClassifier,
     OpenAICompatibleClassifier,
-    raw_scores_to_probabilities,
 )
 
 
@@ -154,15 +153,6 @@ def test_unfitted_and_closed(llm_server: FakeLLMServer, tmp_path) -> None:
     with pytest.raises(NotFittedError) as err:
         clf.predict(["x"])
     assert str(err.value) == "This OpenAICompatibleClassifier instance was closed. Call 'fit' again."
-
-
-def test_raw_scores_to_probabilities() -> None:
-    """Multi-class rows are renormalised (all-zero rows become uniform); multi-label scores are clipped."""
-    raw = np.array([[2.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
-    np.testing.assert_allclose(raw_scores_to_probabilities(raw, False), [[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]],
-                               rtol=1e-6)
-    np.testing.assert_allclose(raw_scores_to_probabilities(np.array([[1.2, -0.1, 0.4]]), True), [[1.0, 0.0, 0.4]],
-                               rtol=1e-6)
 
 
 def test_failed_refit_leaves_the_classifier_unfitted(llm_server: FakeLLMServer, tmp_path) -> None:

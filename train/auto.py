@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from textclassify.runtime.decoding import decode_predictions, encode_targets, logits_to_probabilities
+from textclassify.runtime.decoding import (
+    decide,
+    decode_predictions,
+    encode_targets,
+    logits_to_probabilities,
+    scores_to_probabilities,
+)
 from textclassify.runtime.errors import DataError, NotFittedError
 from textclassify.runtime.llm.settings import LLMSettings
 from textclassify.runtime.llm.usage import usage_delta
@@ -24,19 +30,6 @@ from textclassify.train.data import dataframe_to_training_data, read_labelled_fr
 from textclassify.train.splits import make_splits
 
 log = logging.getLogger(__name__)
-
-
-def _predictions_to_targets(probabilities: np.ndarray, multi_label: bool, thresholds: Sequence[float]) -> np.ndarray:
-    if multi_label:
-        return (probabilities >= np.asarray(thresholds)).astype(np.int64)
-    return probabilities.argmax(axis=1)
-
-
-def _renormalised(raw: np.ndarray, multi_label: bool) -> np.ndarray:
-    if multi_label:
-        return raw
-    total = raw.sum(axis=1, keepdims=True)
-    return np.where(total > 0, raw / np.maximum(total, 1e-12), 1.0 / raw.shape[1])
 
 
 
@@ -148,13 +141,12 @@ class AutoFusionClassifier:
         candidates = {
             "ml": logits_to_probabilities(ml_final, multi),
             "ml_stage1": logits_to_probabilities(logits_held, multi),
-            "llm_raw": _renormalised(held_raw, multi),
+            "llm_raw": scores_to_probabilities(held_raw, multi),
             "llm": held_cal,
             "stacker": stacker_probabilities(stacker, np.hstack([logits_held, held_cal]), len(labels), multi),
             "fused": logits_to_probabilities(fused, multi),
         }
-        thr = thresholds or []
-        metrics = {name: classification_metrics(held_targets, _predictions_to_targets(p, multi, thr), labels, multi)
+        metrics = {name: classification_metrics(held_targets, decide(p, multi, thresholds), labels, multi)
                    for name, p in candidates.items()}
 
         self.config_ = cfg
@@ -246,7 +238,7 @@ class AutoFusionClassifier:
         metadata: dict[str, Any] = {"llm_usage": usage}
         if y is not None:
             metadata["metrics"] = classification_metrics(
-                y, _predictions_to_targets(probs, self.multi_label_, self.thresholds_ or []), self.labels_,
+                y, decide(probs, self.multi_label_, self.thresholds_), self.labels_,
                 self.multi_label_)
         return ClassificationResult(predictions=preds, probabilities=probs, labels=list(self.labels_),
                                     metadata=metadata)

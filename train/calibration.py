@@ -17,6 +17,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from textclassify.runtime import constants
+from textclassify.runtime.decoding import scores_to_probabilities
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
 from textclassify.runtime.metrics import expected_calibration_error, log_loss
 
@@ -267,20 +268,12 @@ def calibrator_from_dict(d: dict) -> Calibrator:
     raise ConfigError(f"Unknown calibrator kind {kind!r}; expected {TEMPERATURE_KIND!r} or {ISOTONIC_KIND!r}.")
 
 
-def _uncalibrated(raw: np.ndarray, multi_label: bool) -> np.ndarray:
-    """Raw scores read as probabilities: clipped, and renormalised to sum 1 for multi-class."""
-    if multi_label:
-        return np.clip(raw, 0.0, 1.0)
-    p = np.clip(raw, constants.SCORE_EPS, 1.0)
-    return p / p.sum(axis=1, keepdims=True)
-
-
 def calibration_report(raw_scores: np.ndarray, calibrated: np.ndarray, targets: np.ndarray,
                        multi_label: bool) -> dict:
     """Log loss and expected calibration error of the raw and the calibrated scores."""
     raw = _check_scores(raw_scores)
     cal = _check_scores(calibrated, raw.shape[1])
-    before = _uncalibrated(raw, multi_label)
+    before = scores_to_probabilities(raw, multi_label)
     return {
         "log_loss_before": log_loss(before, targets, multi_label),
         "log_loss_after": log_loss(cal, targets, multi_label),

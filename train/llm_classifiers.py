@@ -13,25 +13,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from textclassify.runtime import constants as K
-from textclassify.runtime.decoding import encode_targets
+from textclassify.runtime.decoding import encode_targets, scores_to_probabilities
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
 from textclassify.runtime.llm.usage import usage_delta
 from textclassify.runtime.types import ClassificationResult, TrainingData
 from textclassify.runtime.validation import validate_texts
 from textclassify.train.fusion_utils import check_training_data, encode_true_labels, result_from_probabilities
 from textclassify.train.seed_args import apply_config
-
-
-def raw_scores_to_probabilities(raw: np.ndarray, multi_label: bool) -> np.ndarray:
-    """Uncalibrated scores as probabilities: renormalised rows (multi-class) or clipped to [0, 1]."""
-    raw = np.asarray(raw, dtype=np.float64)
-    if multi_label:
-        return np.clip(raw, 0.0, 1.0).astype(np.float32)
-    total = raw.sum(axis=1, keepdims=True)
-    uniform = np.full_like(raw, 1.0 / max(raw.shape[1], 1))
-    return np.where(total > 0, raw / np.maximum(total, 1e-12), uniform).astype(np.float32)
-
-
 
 
 def _check_label_names(labels: Any, owner: str) -> list[str]:
@@ -166,7 +154,7 @@ class LLMClassifier:
     def _probabilities(self, raw: np.ndarray) -> np.ndarray:
         if self.calibrator_ is not None and len(raw):
             return np.asarray(self.calibrator_.transform(raw), dtype=np.float32)
-        return raw_scores_to_probabilities(raw, self.multi_label_)
+        return scores_to_probabilities(raw, self.multi_label_)
 
     def predict_scores(self, texts: Sequence[str]) -> np.ndarray:
         """Raw LLM scores [n, C] in `labels_` order, as the client returns them (uncalibrated)."""
