@@ -18,6 +18,13 @@ class NotFittedError(TextClassifyError, AttributeError):
     """A model was used before `fit`."""
 
 
+def check_is_fitted(estimator: object, attribute: str) -> None:
+    """Raise NotFittedError unless `fit` set `attribute` (to anything but False), with scikit-learn's message:
+    "This AutoFusionClassifier instance is not fitted yet. Call 'fit' first." """
+    if getattr(estimator, attribute, False) is False:
+        raise NotFittedError(f"This {type(estimator).__name__} instance is not fitted yet. Call 'fit' first.")
+
+
 class BundleError(TextClassifyError, ValueError):
     """A bundle is missing, tampered with, truncated or of an unknown format version."""
 

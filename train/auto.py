@@ -18,7 +18,7 @@ from textclassify.runtime.decoding import (
     logits_to_probabilities,
     scores_to_probabilities,
 )
-from textclassify.runtime.errors import DataError, NotFittedError
+from textclassify.runtime.errors import DataError, check_is_fitted
 from textclassify.runtime.llm.settings import LLMSettings
 from textclassify.runtime.llm.usage import usage_delta
 from textclassify.runtime.metrics import classification_metrics
@@ -206,9 +206,7 @@ class AutoFusionClassifier:
 
     # ------------------------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise NotFittedError(
-                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' first.")
+        check_is_fitted(self, "model_")
 
     def _scores(self, texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
         if getattr(self, "_scorer", None) is None:

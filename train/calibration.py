@@ -18,16 +18,11 @@ from sklearn.linear_model import LogisticRegression
 
 from textclassify.runtime import constants
 from textclassify.runtime.decoding import scores_to_probabilities
-from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
+from textclassify.runtime.errors import ConfigError, DataError, check_is_fitted
 from textclassify.runtime.metrics import expected_calibration_error, log_loss
 
 TEMPERATURE_KIND = "temperature"
 ISOTONIC_KIND = "isotonic"
-
-
-def _not_fitted(obj: object) -> NotFittedError:
-    name = type(obj).__name__
-    return NotFittedError(f"This {name} instance is not fitted yet. Call 'fit' first.")
 
 
 def _check_scores(raw_scores: Any, n_labels: int | None = None, min_labels: int = 1) -> np.ndarray:
@@ -119,8 +114,7 @@ class TemperatureCalibrator:
         return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "temperature_"):
-            raise _not_fitted(self)
+        check_is_fitted(self, "temperature_")
 
     def transform(self, raw_scores: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, float32 [n, C]; rows sum to 1 and keep the raw argmax."""
@@ -216,8 +210,7 @@ class IsotonicCalibrator:
         return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "regressors_"):
-            raise _not_fitted(self)
+        check_is_fitted(self, "regressors_")
 
     def transform(self, raw_scores: np.ndarray) -> np.ndarray:
         """Calibrated per-label probabilities, float32 [n, C]."""

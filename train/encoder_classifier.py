@@ -13,7 +13,7 @@ import numpy as np
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import encode_targets, logits_to_probabilities
-from textclassify.runtime.errors import ConfigError, NotFittedError
+from textclassify.runtime.errors import ConfigError, check_is_fitted
 from textclassify.runtime.types import ClassificationResult, TrainingData
 from textclassify.runtime.validation import validate_texts
 from textclassify.train.fusion_utils import check_training_data, encode_true_labels, result_from_probabilities
@@ -93,8 +93,7 @@ class RoBERTaClassifier:
 
     # ------------------------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' first.")
+        check_is_fitted(self, "model_")
 
     def predict_logits(self, texts: Sequence[str]) -> np.ndarray:
         """Encoder logits [n, C] in `labels_` order."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import decide, encode_targets
-from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
+from textclassify.runtime.errors import ConfigError, DataError, check_is_fitted
 from textclassify.runtime.metrics import classification_metrics, log_loss
 from textclassify.runtime.types import ClassificationResult, TrainingData
 from textclassify.runtime.validation import validate_texts
@@ -39,10 +39,6 @@ class EnsembleConfig:
     ensemble_method: str = "fusion"
     models: list[Any] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
-
-
-def _not_fitted(obj: object) -> NotFittedError:
-    return NotFittedError(f"This {type(obj).__name__} instance is not fitted yet. Call 'fit' first.")
 
 
 def _check_config(config: Any, method: str, allowed: Sequence[str], owner: str) -> EnsembleConfig:
@@ -133,8 +129,7 @@ class _ComponentEnsemble:
                 model.fit(data)
 
     def _check_fitted(self) -> None:
-        if not getattr(self, "_fitted", False):
-            raise _not_fitted(self)
+        check_is_fitted(self, "_fitted")
 
     def _component_outputs(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """Probabilities [K, n, C] and predicted targets (per component, ensemble label order), LLM usage."""
@@ -441,8 +436,7 @@ class FusionEnsemble:
         return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "classifier_"):
-            raise _not_fitted(self)
+        check_is_fitted(self, "classifier_")
 
     @property
     def labels_(self) -> list[str]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import encode_targets, scores_to_probabilities
-from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
+from textclassify.runtime.errors import ConfigError, DataError, NotFittedError, check_is_fitted
 from textclassify.runtime.llm.usage import usage_delta
 from textclassify.runtime.types import ClassificationResult, TrainingData
 from textclassify.runtime.validation import validate_texts
@@ -140,8 +140,7 @@ class LLMClassifier:
 
     # ------------------------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
-        if not hasattr(self, "labels_"):
-            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' first.")
+        check_is_fitted(self, "labels_")
 
     def _score(self, texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
         self._check_fitted()
