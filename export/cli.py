@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from textclassify.runtime import constants as K
+from textclassify.runtime.errors import one_line
 
 EPILOG = """\b
 Examples:
@@ -34,12 +35,8 @@ class _OneLineErrors(click.Command):
             click.echo("Error: aborted.", err=True)
             sys.exit(1)
         except click.ClickException as e:
-            click.echo(f"Error: {_one_line(e.format_message())}", err=True)
+            click.echo(f"Error: {one_line(e.format_message()) or 'failed'}", err=True)
             sys.exit(e.exit_code)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip()) or "failed"
 
 
 @click.command(cls=_OneLineErrors, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,5 +71,5 @@ def main(model_dir: str, output_dir: str, int8: bool, fp16: bool, opset: int, ma
     except Exception as e:  # noqa: BLE001 -- the CLI's contract: one line, no traceback unless --debug
         if debug:
             raise
-        raise click.ClickException(_one_line(str(e)) or type(e).__name__) from None
+        raise click.ClickException(one_line(e)) from None
     click.echo(str(path))

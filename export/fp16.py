@@ -21,7 +21,7 @@ from typing import Any
 
 import onnx
 
-from textclassify.runtime.errors import ExportError
+from textclassify.runtime.errors import ExportError, first_line
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
@@ -65,14 +65,14 @@ def convert_fp16(src: str | Path, dst: str | Path) -> dict[str, Any]:
     try:
         source = onnx.load(str(src))
     except Exception as e:  # noqa: BLE001 -- onnx raises DecodeError and friends
-        raise ExportError(f"fp16 conversion of {name} failed: {_first_line(e)}") from e
+        raise ExportError(f"fp16 conversion of {name} failed: {first_line(e)}") from e
     keep = fp32_head_nodes(source)
     try:
         model = OnnxModel(source)
         model.convert_float_to_float16(keep_io_types=True, node_block_list=keep)
         model.save_model_to_file(str(dst), use_external_data_format=False)
     except Exception as e:  # noqa: BLE001 -- the converter raises plain exceptions
-        raise ExportError(f"fp16 conversion of {name} failed: {_first_line(e)}") from e
+        raise ExportError(f"fp16 conversion of {name} failed: {first_line(e)}") from e
     converted = onnx.load(str(dst))
     cast_inputs = _inputs_cast_to_fp16(converted)
     if cast_inputs:
@@ -102,7 +102,7 @@ def _float_ranks(model: onnx.ModelProto) -> dict[str, int]:
     try:
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
     except Exception as e:  # noqa: BLE001 -- the inference raises plain exceptions on ops it cannot type
-        raise ExportError(f"fp16 conversion: shape inference failed ({_first_line(e)}); cannot tell the per-row "
+        raise ExportError(f"fp16 conversion: shape inference failed ({first_line(e)}); cannot tell the per-row "
                           "head from the encoder") from e
     if inferred is None:
         raise ExportError("fp16 conversion: shape inference could not type every node; cannot tell the per-row "
@@ -127,8 +127,3 @@ def _inputs_cast_to_fp16(model: onnx.ModelProto) -> list[str]:
     ranks_ok = {i.name for i in model.graph.input
                 if len(i.type.tensor_type.shape.dim) <= 2 and i.name in float_inputs}
     return sorted({n.input[0] for n in cast_to_fp16 if n.input[0] in ranks_ok})
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

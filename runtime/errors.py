@@ -18,6 +18,19 @@ class NotFittedError(TextClassifyError, AttributeError):
     """A model was used before `fit`."""
 
 
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of an error's message (its type name when the message is empty), cut at `limit` chars."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if limit is None or len(line) <= limit else line[:limit] + "..."
+
+
+def one_line(error: BaseException | str, limit: int | None = None) -> str:
+    """A whole message on one line (whitespace runs become one space; an empty exception gives its type name)."""
+    text = " ".join(str(error).split()) or (type(error).__name__ if isinstance(error, BaseException) else "")
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."
+
+
 def check_is_fitted(estimator: object, attribute: str) -> None:
     """Raise NotFittedError unless `fit` set `attribute` (to anything but False), with scikit-learn's message:
     "This AutoFusionClassifier instance is not fitted yet. Call 'fit' first." """

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from textclassify.runtime.errors import BundleError
+from textclassify.runtime.errors import BundleError, one_line
 
 
 def is_onnxruntime_error(error: BaseException) -> bool:
@@ -30,7 +30,7 @@ def run_checked(bundle: Any, texts: list[str]) -> Any:
 
 def locate_failure(bundle: Any, texts: list[str], error: BaseException) -> BundleError:
     """The BundleError for `error`: the first component graph and text that fail on their own, if any does."""
-    first = _first_line(error)
+    first = one_line(error, 300)
     try:
         ids = bundle._tokenizer.encode(texts)
         for step in bundle._components:
@@ -42,7 +42,7 @@ def locate_failure(bundle: Any, texts: list[str], error: BaseException) -> Bundl
                     if not is_onnxruntime_error(e):
                         raise
                     return BundleError(
-                        f"{model.name}: ONNX Runtime failed on texts[{i}] ({_first_line(e)}); the bundle's graph "
+                        f"{model.name}: ONNX Runtime failed on texts[{i}] ({one_line(e, 300)}); the bundle's graph "
                         "does not accept this text's input (a token id past the embedding's rows is one cause).")
     except (AttributeError, KeyError, TypeError):
         pass  # a pipeline this locator does not know: report the batch
@@ -50,15 +50,10 @@ def locate_failure(bundle: Any, texts: list[str], error: BaseException) -> Bundl
                        "or each other.")
 
 
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def load_error(manifest: Any, error: BaseException) -> BundleError:
     """The BundleError for an ONNX Runtime failure while a bundle warms up: the graphs and the manifest disagree
     (4 labels for a 3-wide graph, a calibrator emitting 4 columns). Names the files whose inputs it mentions."""
-    first = _first_line(error)
+    first = one_line(error, 300)
     files = []
     for step in getattr(manifest, "pipeline", None) or []:
         names = list(step.get("inputs", {})) + list(step.get("outputs", {}))

@@ -16,7 +16,7 @@ import click
 from tqdm import tqdm
 
 from textclassify.runtime import constants as K
-from textclassify.runtime.errors import DataError, TextClassifyError
+from textclassify.runtime.errors import DataError, TextClassifyError, one_line
 from textclassify.runtime.output_paths import STDOUT, check_output_file, exit_on_sigterm
 from textclassify.runtime.validation import DEFAULT_MAX_TEXT_CHARS, check_unicode
 
@@ -82,11 +82,11 @@ def main(bundle_dir: str, input_path: str, output_path: str, output_format: str 
     except (TextClassifyError, OSError) as e:
         if debug:
             raise
-        raise click.ClickException(_one_line(e)) from None
+        raise click.ClickException(one_line(e)) from None
     except Exception as e:  # noqa: BLE001 -- the CLI's contract: one `Error:` line, the traceback with --debug
         if debug:
             raise
-        raise click.ClickException(f"unexpected {type(e).__name__}: {_one_line(e)} (rerun with --debug for the "
+        raise click.ClickException(f"unexpected {type(e).__name__}: {one_line(e)} (rerun with --debug for the "
                                    "traceback)") from None
     where = "stdout" if output_path == STDOUT else output_path
     click.echo(f"Wrote {summary['rows']} rows to {where} ({summary['degraded_rows']} degraded, "
@@ -305,10 +305,6 @@ def _short(value: str, limit: int = 200) -> str:
 
 def _providers(value: str) -> str | list[str]:
     return value if value in ("auto", "cpu", "cuda") else [p.strip() for p in value.split(",") if p.strip()]
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

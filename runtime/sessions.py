@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from textclassify.runtime.errors import BundleError, ConfigError, MissingDependencyError, TextClassifyError
+from textclassify.runtime.errors import BundleError, ConfigError, MissingDependencyError, TextClassifyError, first_line
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -42,6 +42,7 @@ _T = TypeVar("_T")
 
 class CudaSessionError(ConfigError):
     """A graph that ONNX Runtime opens on the CPU could not be opened with CUDA (bad device id, CUDA init failure)."""
+
 
 _preload_lock = threading.Lock()
 _preloaded = False
@@ -219,8 +220,8 @@ class OnnxModel:
             self.session = inference_session(model, providers, options, provider_options)
         except Exception as e:  # noqa: BLE001 -- ORT raises its own exception types for malformed graphs
             if CUDA in providers and _opens_on_cpu(model):
-                raise CudaSessionError(f"{name}: ONNX Runtime could not open it with CUDA ({_first_line(e)})") from None
-            raise BundleError(f"{name}: ONNX Runtime could not load it ({_first_line(e)}).") from None
+                raise CudaSessionError(f"{name}: ONNX Runtime could not open it with CUDA ({first_line(e)})") from None
+            raise BundleError(f"{name}: ONNX Runtime could not load it ({first_line(e)}).") from None
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         for kind, want, have in (("input", required_inputs, list(self.input_types)),
@@ -312,7 +313,7 @@ def _checked_on_cuda(plan: ProviderPlan, built: _T, sessions: Callable[[_T], Ite
         except TextClassifyError:
             raise
         except Exception as e:  # noqa: BLE001 -- ORT raises its own types (Fail, RuntimeException, ...)
-            return f"the first run on CUDA failed: {_first_line(e)}"
+            return f"the first run on CUDA failed: {first_line(e)}"
         return None
     except BaseException:
         discard(built)
@@ -356,8 +357,3 @@ def _session_device_id(session: Any) -> int:
         return int(value)
     except (AttributeError, TypeError, ValueError):
         return 0
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -14,7 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from textclassify.runtime import constants as K
-from textclassify.runtime.errors import BundleError, ConfigError, DataError
+from textclassify.runtime.errors import BundleError, ConfigError, DataError, first_line
 from textclassify.runtime.manifest import BundleManifest, read_verified
 from textclassify.runtime.sessions import padded_width
 from textclassify.runtime.validation import (
@@ -56,7 +56,7 @@ class BundleTokenizer:
             text = data.decode("utf-8")
             tokenizer = Tokenizer.from_str(text)
         except Exception as e:  # noqa: BLE001 -- tokenizers raises a plain Exception on a malformed file
-            raise BundleError(f"{name}: not a valid tokenizers file ({_first_line(e)}).") from None
+            raise BundleError(f"{name}: not a valid tokenizers file ({first_line(e, 200)}).") from None
         _check_regexes(tokenizer, text, name)
         pad_token = settings.get("pad_token")
         if pad_token is not None and not isinstance(pad_token, str):
@@ -106,9 +106,9 @@ class BundleTokenizer:
             except BaseException as e:  # noqa: BLE001
                 if not _is_panic(e):
                     raise
-                return DataError(f"texts[{i}]: the bundle's tokenizer failed on this text ({_first_line(e)}); "
+                return DataError(f"texts[{i}]: the bundle's tokenizer failed on this text ({first_line(e, 200)}); "
                                  "its tokenizer.json is unusable for such input.")
-        return DataError(f"texts: the bundle's tokenizer failed on this batch ({_first_line(error)}).")
+        return DataError(f"texts: the bundle's tokenizer failed on this batch ({first_line(error, 200)}).")
 
     def pad(self, ids: Sequence[Sequence[int]], *, multiple_of: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Right-pad to the longest row (rounded up to `multiple_of`, capped at max_length): input_ids and
@@ -145,18 +145,12 @@ def _check_regexes(tokenizer: Tokenizer, text: str, name: str) -> None:
             raise
         shown = ", ".join(short_repr(p, 60) for p in patterns[:3])
         raise BundleError(f"{name}: a regular expression of the tokenizer ({shown}) fails on ordinary text "
-                          f"({_first_line(e)}); refusing the tokenizer.") from None
+                          f"({first_line(e, 200)}); refusing the tokenizer.") from None
 
 
 def _is_panic(error: BaseException) -> bool:
     """A Rust panic surfaced by pyo3 (pyo3_runtime.PanicException, a BaseException)."""
     return type(error).__name__ == "PanicException"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
-    return line if len(line) <= 200 else line[:200] + "..."
 
 
 def check_long_text_arguments(max_text_chars: object, long_texts: object) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from textclassify.runtime.errors import ConfigError, TextClassifyError
+from textclassify.runtime.errors import ConfigError, TextClassifyError, one_line
 from textclassify.runtime.output_paths import check_output_dir
 from textclassify.train.yaml_config import (
     TrainConfig,
@@ -50,11 +50,6 @@ FLAG_PATHS: dict[str, str] = {
     "--cache-dir": "cache_dir",
     "--seed": "seed",
 }
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    return text or type(error).__name__
 
 
 def _name_flag(message: str, used: Mapping[str, str]) -> str:
@@ -167,7 +162,7 @@ def main(create_config: str | None, force: bool, config_path: str | None, quiet:
     except (TextClassifyError, OSError) as e:
         if debug:
             raise
-        message = _one_line(e)
+        message = one_line(e)
         if isinstance(e, ConfigError):  # raised late (e.g. the encoder failed to load): still in YAML terms
             message = _name_flag(to_yaml_terms(message), {f: FLAG_PATHS[f] for f in overrides})
         raise click.ClickException(message) from None
