@@ -10,12 +10,10 @@ bundle back first where the kill fell between the two renames of the fallback sw
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
 import shutil
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from textclassify.runtime import constants as K
+from textclassify.runtime.atomic import replace_dir
 from textclassify.runtime.errors import ExportError
 from textclassify.runtime.manifest import BUNDLE_FORMAT, sha256_file
 
@@ -31,8 +30,6 @@ try:
 except ImportError:  # Windows: no flock, so no lock files and no clean-up of a killed export's leftovers
     fcntl = None  # type: ignore[assignment]
 
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
 _LOCK_SUFFIX = ".lock"
 
 
@@ -182,20 +179,8 @@ class BundleStage:
         return self.target
 
     def _swap(self) -> None:
-        if not self.target.exists():
-            os.rename(self.dir, self.target)
-            return
-        if _exchange(self.dir, self.target):  # atomic: the target is the new bundle, self.dir the old one
-            shutil.rmtree(self.dir, ignore_errors=True)
-            return
-        aside = self.target.parent / f"{self.dir.name}-previous"
-        os.rename(self.target, aside)
-        try:
-            os.rename(self.dir, self.target)
-        except OSError:
-            os.rename(aside, self.target)
-            raise
-        shutil.rmtree(aside, ignore_errors=True)
+        # where renameat2 is missing the previous bundle waits at `aside`; recover_stale_stages restores it
+        replace_dir(self.dir, self.target, aside=self.target.parent / f"{self.dir.name}-previous")
 
 
 def recover_stale_stages(target: Path) -> list[str]:
@@ -254,17 +239,6 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False where unavailable."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 def _fsync_file(path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from textclassify.runtime.atomic import write_atomic
 from textclassify.train.lexical import ONNX_LOCALE, ONNX_TOKEN_EXP, LexicalModel
 
 INPUT_NAME, OUTPUT_NAME = "text", "lexical_logits"
@@ -54,7 +55,6 @@ def lexical_graph(model: LexicalModel) -> Any:
 def export_lexical_onnx(model: LexicalModel, path: str | Path, *, parity_texts: list[str] | None = None
                         ) -> dict[str, Any]:
     """Write lexical.onnx atomically (after a parity check on `parity_texts` when given); returns graph facts."""
-    import os
 
     path = Path(path)
     proto = lexical_graph(model)
@@ -64,9 +64,7 @@ def export_lexical_onnx(model: LexicalModel, path: str | Path, *, parity_texts: 
                              "opset": OPSET, "locale": ONNX_LOCALE}
     if parity_texts:
         facts["parity"] = lexical_parity(model, data, parity_texts)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
     return facts
 
 

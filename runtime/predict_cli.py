@@ -16,6 +16,7 @@ import click
 from tqdm import tqdm
 
 from textclassify.runtime import constants as K
+from textclassify.runtime.atomic import write_atomic
 from textclassify.runtime.errors import DataError, TextClassifyError, one_line
 from textclassify.runtime.output_paths import STDOUT, check_output_file, exit_on_sigterm
 from textclassify.runtime.validation import DEFAULT_MAX_TEXT_CHARS, check_unicode
@@ -165,7 +166,7 @@ def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_col
     if summary_path is None:
         sys.stderr.write(text)
     else:
-        _atomic_write_text(summary_path, text)
+        write_atomic(summary_path, text)
     return summary
 
 
@@ -284,18 +285,6 @@ class _atomic_output:
         finally:
             if self.tmp is not None:
                 os.unlink(self.tmp)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _short(value: str, limit: int = 200) -> str:

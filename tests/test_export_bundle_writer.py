@@ -85,7 +85,7 @@ def test_new_bundle_replaces_the_old_one_whole(tmp_path):
 
 def test_swap_without_renameat2_still_replaces(tmp_path, monkeypatch):
     """Where RENAME_EXCHANGE is missing, rename-aside-then-rename gives the same result."""
-    monkeypatch.setattr(bundle_writer, "_exchange", lambda a, b: False)
+    monkeypatch.setattr("textclassify.runtime.atomic.exchange", lambda a, b: False)
     write_bundle(tmp_path / "b", {"model.onnx": b"old"})
     write_bundle(tmp_path / "b", {"model.onnx": b"new"})
     assert (tmp_path / "b" / "model.onnx").read_bytes() == b"new" and hidden(tmp_path) == []

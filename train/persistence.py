@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from textclassify.runtime.atomic import replace_dir, write_atomic
 from textclassify.runtime.errors import BundleError
 
 MODEL_FORMAT = "textclassify-model"
@@ -30,11 +31,7 @@ def _json_default(value: Any) -> Any:
 
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, default=_json_default, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=2, default=_json_default, ensure_ascii=False))
 
 
 def save_model_dir(directory: str | os.PathLike, *, meta: dict[str, Any], encoder: Any, tokenizer: Any,
@@ -51,13 +48,7 @@ def save_model_dir(directory: str | os.PathLike, *, meta: dict[str, Any], encode
         save_file({k: v.detach().cpu().contiguous() for k, v in mlp.state_dict().items()}, str(tmp / MLP_FILE))
         write_json(tmp / VALIDATION_FILE, validation)
         write_json(tmp / MODEL_FILE, {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **meta})
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from textclassify.runtime.atomic import atomic_path
 from textclassify.runtime.decoding import decide, label_thresholds
 from textclassify.runtime.errors import DataError
 from textclassify.runtime.metrics import classification_metrics, expected_calibration_error, log_loss
@@ -107,9 +108,8 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     return path
 
 

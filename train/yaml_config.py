@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from textclassify.runtime.atomic import write_atomic
 from textclassify.runtime.errors import ConfigError
 from textclassify.train.config import DEFAULT_CONFIG, RULES, validate_config
 
@@ -379,7 +380,4 @@ def write_default_config(path: str | os.PathLike, overwrite: bool = False) -> Pa
         raise ConfigError(f"{path}: already exists; choose another path or overwrite it explicitly.")
     if target.parent and not target.parent.exists():
         raise ConfigError(f"{path}: the folder {str(target.parent)!r} does not exist.")
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(default_config_text(), encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return write_atomic(target, default_config_text())
