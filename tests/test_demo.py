@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 
 from textclassify.runtime.errors import DataError
+from textclassify.runtime.llm import LLMSettings
+from textclassify.runtime.llm.providers import PROVIDERS, resolve_base_url
 from textclassify.train import demo
 from textclassify.train.config import validate_config
 
@@ -15,12 +17,13 @@ def _metrics(acc: float, f1: float) -> dict[str, float]:
     return {"accuracy": acc, "macro_f1": f1}
 
 
-def test_config_is_valid_and_local():
-    """The demo config passes validation: local provider, default GGUF, logprobs, MiniLM-sized lengths."""
-    cfg = validate_config(demo.demo_config("/models/minilm"))
-    assert (cfg["llm_provider"], cfg["llm_model"], cfg["ml_model"]) == ("local", None, "/models/minilm")
-    assert cfg["llm"]["score_method"] == "logprobs" and cfg["ml"]["max_length"] == 64
-    assert (cfg["cache_dir"], cfg["output_dir"]) == ("data/llm_cache", "demo_output")
+def test_config_is_valid_and_runs_offline(monkeypatch):
+    """The demo config passes validation and needs no API key or remote endpoint (the embedded local server)."""
+    for var in ("DEEPSEEK_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "DEEPSEEK_BASE_URL", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    settings = LLMSettings.from_config(validate_config(demo.demo_config("/models/minilm")))
+    assert not PROVIDERS[settings.provider].key_required
+    assert resolve_base_url(settings.provider, settings.base_url) is None
 
 
 def test_load_movie_reviews_cleans_the_corpus(tmp_path):

