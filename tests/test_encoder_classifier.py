@@ -97,7 +97,7 @@ def test_fit_rejects_a_dataframe(tiny_roberta_dir: str) -> None:
         RoBERTaClassifier(tiny_roberta_dir).fit(pd.DataFrame({"text": ["a"], "label": ["b"]}))
     assert str(err.value) == (
         "RoBERTaClassifier.fit: expected TrainingData, got DataFrame; build it from a DataFrame with "
-        "FusionUtils.prepare_data_for_fusion(df, text_column, label_columns, multi_label).")
+        "FusionUtils.to_training_data(df, text_column, label_columns, multi_label).")
 
 
 def test_predict_checks_labels_before_running(fitted: RoBERTaClassifier) -> None:

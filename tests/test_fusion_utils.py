@@ -23,24 +23,38 @@ def _data(n: int, seed: int) -> TrainingData:
     return TrainingData([t for t, _ in rows], [labs[0] for _, labs in rows])
 
 
-def test_prepare_data_for_fusion_from_class_names_and_one_hot() -> None:
+def test_to_training_data_from_class_names_and_one_hot() -> None:
     """A class-name column or one 0/1 column per label becomes validated TrainingData."""
     df = pd.DataFrame({"text": ["good film", "bad film", "fine film", "awful film"],
                        "sentiment": ["pos", "neg", "pos", "neg"]})
-    data = FusionUtils.prepare_data_for_fusion(df, "text", "sentiment")
+    data = FusionUtils.to_training_data(df, "text", "sentiment")
     assert data.label_names == ["neg", "pos"] and data.labels == ["pos", "neg", "pos", "neg"]
     multi = pd.DataFrame({"text": ["a b", "b c", "a c", "a b c"], "a": [1, 0, 1, 1], "b": [1, 1, 0, 1],
                           "c": [0, 1, 1, 1]})
-    data = FusionUtils.prepare_data_for_fusion(multi, "text", ["a", "b", "c"], multi_label=True)
+    data = FusionUtils.to_training_data(multi, "text", ["a", "b", "c"], multi_label=True)
     assert data.classification_type is ClassificationType.MULTI_LABEL
     assert data.labels == [["a", "b"], ["b", "c"], ["a", "c"], ["a", "b", "c"]]
 
 
-def test_prepare_data_for_fusion_names_a_missing_column() -> None:
+def test_to_training_data_names_a_missing_column() -> None:
     """A missing label column is a DataError naming it and the columns that exist."""
     with pytest.raises(DataError) as err:
-        FusionUtils.prepare_data_for_fusion(pd.DataFrame({"text": ["x"]}), "text", ["label"])
+        FusionUtils.to_training_data(pd.DataFrame({"text": ["x"]}), "text", ["label"])
     assert str(err.value) == "column 'label': not found in the data (columns: ['text'])."
+
+
+def test_prepare_data_for_fusion_splits_train_and_test_by_label() -> None:
+    """The original API's form: (train_df, test_df), test_size of each label held out, seeded, rows intact."""
+    df = pd.DataFrame({"text": [f"text {i}" for i in range(50)], "label": ["a"] * 30 + ["b"] * 15 + ["c"] * 5})
+    train_df, test_df = FusionUtils.prepare_data_for_fusion(df, text_column="text", label_columns=["label"])
+    assert test_df["label"].value_counts().to_dict() == {"a": 6, "b": 3, "c": 1}
+    assert sorted(train_df["text"].tolist() + test_df["text"].tolist()) == sorted(df["text"].tolist())
+    again, _ = FusionUtils.prepare_data_for_fusion(df, "text", ["label"])
+    assert again.equals(train_df)
+    other, _ = FusionUtils.prepare_data_for_fusion(df, "text", ["label"], seed=7)
+    assert not other.equals(train_df)
+    with pytest.raises(ConfigError, match=r"^test_size: expected a float in \(0, 1\), got 1\.$"):
+        FusionUtils.prepare_data_for_fusion(df, "text", ["label"], test_size=1)
 
 
 def test_validate_fusion_data_statistics() -> None:
@@ -51,7 +65,7 @@ def test_validate_fusion_data_statistics() -> None:
     assert report["valid"] is True and report["errors"] == []
     stats = report["statistics"]
     assert stats["n"] == 80
-    assert stats["text_length"] == {"min_chars": 2, "mean_chars": 5.5, "median_chars": 5.0, "max_chars": 10}
+    assert stats["text"] == {"min_chars": 2, "mean_chars": 5.5, "median_chars": 5.0, "max_chars": 10}
     assert stats["label_counts"] == {"x": 40, "y": 40} and stats["n_labels"] == 2
 
 
@@ -77,7 +91,7 @@ def test_validate_fusion_data_reports_too_few_rows_and_dataframe_errors() -> Non
     report = FusionUtils.validate_fusion_data(df, text_column="text", label_columns=["label"])
     assert report == {"valid": False,
                       "errors": ["column 'label': not found in the data (columns: ['text', 'category'])."],
-                      "statistics": {"n": 2, "text_length": {"min_chars": 3, "mean_chars": 4.0,
+                      "statistics": {"n": 2, "text": {"min_chars": 3, "mean_chars": 4.0,
                                                              "median_chars": 4.0, "max_chars": 5}}}
 
 
@@ -97,7 +111,8 @@ def test_plot_fusion_results_writes_a_png(tmp_path) -> None:
                               "(as in result.metadata['metrics']), got dict.")
     with pytest.raises(ConfigError) as err:
         FusionUtils.plot_fusion_results(metrics, tmp_path / "x.jpg")
-    assert str(err.value) == f"path: expected a file name ending in .png, got {str(tmp_path / 'x.jpg')!r}."
+    assert str(err.value) == (f"save_path: expected a folder or a file name ending in .png, "
+                              f"got {str(tmp_path / 'x.jpg')!r}.")
 
 
 def test_evaluate_save_and_load_a_fusion_model(tiny_roberta_dir: str, llm_server: FakeLLMServer, tmp_path,

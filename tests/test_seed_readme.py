@@ -1,9 +1,8 @@
 """The seed README's code blocks, copied verbatim, run offline with the fake LLM reached through the environment.
 
-Every block that is code rather than a sketch is here, except two that this package does not run yet:
-"Multi-Label Support" (TrainingData with 0/1 rows; here multi-label labels are lists of label names)
-and "Utilities and Helpers" (the seed's FusionUtils returns train/test frames and takes save_path and
-save_results; ours returns TrainingData and takes a .png path). The README's provider is deepseek, so
+Every block that is code rather than a sketch is here, except "Multi-Label Support", which this package
+does not run: it builds TrainingData from 0/1 rows without label names (here multi-label labels are
+lists of label names). The README's provider is deepseek, so
 DEEPSEEK_BASE_URL points at the loopback fake server (DEEPSEEK_API_KEY is a dummy); "roberta-base" is a
 local folder of that name holding the tiny test RoBERTa; the working folder and HOME are temporary.
 What a block leaves to the reader (`your_dataframe`, `ml_config`, `test_texts`, ...), or imports in an
@@ -12,6 +11,8 @@ earlier block, is defined by the test before the block runs. Not run: the two ar
 tests/test_seed_examples.py runs.
 """
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 import pytest
@@ -111,6 +112,33 @@ fusion_ensemble.fit(training_data)
 # Predict with automatic metrics calculation
 result = fusion_ensemble.predict(test_texts, test_labels)
 print(f"Accuracy: {result.metadata['metrics']['accuracy']:.4f}")
+'''
+
+# "Utilities and Helpers"
+UTILITIES = '''\
+from textclassify.utils.fusion_utils import FusionUtils
+
+# Data preparation
+train_df, test_df = FusionUtils.prepare_data_for_fusion(
+    df, text_column='text', label_columns=['label'], multi_label=False
+)
+
+# Data validation
+stats = FusionUtils.validate_fusion_data(df, 'text', ['label'])
+print(f"Data valid: {stats['valid']}")
+print(f"Text stats: {stats['statistics']['text']}")
+
+# Model evaluation
+evaluation = FusionUtils.evaluate_fusion_model(
+    fusion_ensemble, test_texts, test_labels, save_results=True
+)
+
+# Visualizations (requires matplotlib)
+FusionUtils.plot_fusion_results(evaluation, save_path='plots/')
+
+# Model persistence
+FusionUtils.save_fusion_model(fusion_ensemble, 'models/fusion_v1/')
+loaded_model = FusionUtils.load_fusion_model('models/fusion_v1/')
 '''
 
 # "Custom Fusion MLP Architecture"
@@ -276,3 +304,20 @@ def test_integration_with_voting_and_weighted_ensembles(seed_env, capsys):
         accuracy = ensemble.predict(ns["test_texts"], ns["test_labels"]).metadata["metrics"]["accuracy"]
         assert line == f"{type(ensemble).__name__}: {accuracy:.4f}"
 
+
+@pytest.mark.timeout(900)
+def test_utilities_and_helpers(seed_env, capsys):
+    """FusionUtils: train/test frames, validation report, evaluation saved, plot, save and load."""
+    ns = _manual_fusion(capsys)
+    capsys.readouterr()
+    ns["df"] = pd.DataFrame(sentiment_rows(), columns=["text", "label"])
+    run_block(UTILITIES, ns)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "Data valid: True"
+    assert printed[1] == f"Text stats: {ns['stats']['statistics']['text']}"
+    assert len(ns["train_df"]) + len(ns["test_df"]) == len(ns["df"]) and len(ns["test_df"]) > 0
+    saved = json.loads((seed_env / "fusion_results" / "evaluation.json").read_text())
+    assert saved["accuracy"] == ns["evaluation"]["accuracy"]
+    assert (seed_env / "plots" / "fusion_results.png").read_bytes()[:4] == b"\x89PNG"
+    texts = ns["test_texts"]
+    assert ns["loaded_model"].predict(texts).predictions == ns["fusion_ensemble"].predict(texts).predictions

@@ -1,11 +1,13 @@
 """FusionUtils (the original API's helpers) and the result/metrics helpers shared by the classes of that API.
 
-`prepare_data_for_fusion` and `validate_fusion_data` check labelled data, `evaluate_fusion_model`
+`to_training_data` checks a DataFrame and builds TrainingData, `prepare_data_for_fusion` splits it
+into train and test frames, `validate_fusion_data` collects every problem, `evaluate_fusion_model`
 scores any model that returns a ClassificationResult, `plot_fusion_results` draws accuracy and
 macro-F1 per model, and `save_fusion_model`/`load_fusion_model` delegate to AutoFusionClassifier.
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from collections import Counter
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from textclassify.runtime.atomic import atomic_path
+from textclassify.runtime.atomic import atomic_path, write_atomic
 from textclassify.runtime.decoding import decide, encode_targets
 from textclassify.runtime.errors import ConfigError, DataError
 from textclassify.runtime.metrics import classification_metrics
@@ -78,7 +80,7 @@ def check_training_data(data: Any, owner: str) -> TrainingData:
 
     if not isinstance(data, TrainingData):
         raise DataError(f"{owner}.fit: expected TrainingData, got {type(data).__name__}; build it from a DataFrame "
-                        "with FusionUtils.prepare_data_for_fusion(df, text_column, label_columns, multi_label).")
+                        "with FusionUtils.to_training_data(df, text_column, label_columns, multi_label).")
     return validate_training_data(data)
 
 
@@ -189,13 +191,29 @@ class FusionUtils:
     """The original API's helper namespace: data preparation and checks, evaluation, plots, save/load."""
 
     @staticmethod
-    def prepare_data_for_fusion(df: Any, text_column: str, label_columns: str | Sequence[str],
-                                multi_label: bool = False) -> TrainingData:
+    def to_training_data(df: Any, text_column: str, label_columns: str | Sequence[str],
+                         multi_label: bool = False) -> TrainingData:
         """A validated TrainingData from a DataFrame (one class-name column, or one 0/1 column per label)."""
         from textclassify.train.data import dataframe_to_training_data
 
         columns = [label_columns] if isinstance(label_columns, str) else list(label_columns)
         return dataframe_to_training_data(df, text_column, columns, multi_label)
+
+    @staticmethod
+    def prepare_data_for_fusion(df: Any, text_column: str = "text", label_columns: str | Sequence[str] = ("label",),
+                                multi_label: bool = False, *, test_size: float = 0.2,
+                                seed: int = 42) -> tuple[Any, Any]:
+        """(train_df, test_df): `df` validated, then split with `test_size` of each label held out (multi-label:
+        of each row's rarest label), seeded."""
+        from textclassify.train.splits import stratified_split
+
+        if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
+            raise ConfigError(f"test_size: expected a float in (0, 1), got {test_size!r}.")
+        data = FusionUtils.to_training_data(df, text_column, label_columns, multi_label)
+        targets = encode_targets(data.labels, list(data.label_names or []), data.is_multi_label)
+        train_idx, test_idx = stratified_split(targets, float(test_size), data.is_multi_label,
+                                               np.random.default_rng(seed))
+        return df.iloc[train_idx].reset_index(drop=True), df.iloc[test_idx].reset_index(drop=True)
 
     @staticmethod
     def validate_fusion_data(data: Any, text_column: str = "text", label_columns: str | Sequence[str] | None = None,
@@ -217,18 +235,20 @@ class FusionUtils:
         stats: dict[str, Any] = {}
         if td is not None:
             errors.extend(_collect_errors(td))
-            stats = {"n": len(td.texts), "text_length": _text_statistics(td.texts), **_label_statistics(td),
+            stats = {"n": len(td.texts), "text": _text_statistics(td.texts), **_label_statistics(td),
                      "multi_label": td.is_multi_label}
         elif hasattr(data, "columns") and text_column in data.columns:
-            stats = {"n": len(data), "text_length": _text_statistics(list(data[text_column]))}
+            stats = {"n": len(data), "text": _text_statistics(list(data[text_column]))}
         shown = errors[:MAX_REPORTED_ERRORS]
         if len(errors) > MAX_REPORTED_ERRORS:
             shown.append(f"... and {len(errors) - MAX_REPORTED_ERRORS} more problem(s).")
         return {"valid": not errors, "errors": shown, "statistics": stats}
 
     @staticmethod
-    def evaluate_fusion_model(model: Any, texts: Sequence[str], labels: Sequence[Any]) -> dict[str, Any]:
-        """Metrics of `model.predict(texts)` against `labels` (any model returning a ClassificationResult)."""
+    def evaluate_fusion_model(model: Any, texts: Sequence[str], labels: Sequence[Any], save_results: bool = False,
+                              results_dir: str | os.PathLike = "fusion_results") -> dict[str, Any]:
+        """Metrics of `model.predict(texts)` against `labels` (any model returning a ClassificationResult);
+        with `save_results`, also written to `results_dir`/evaluation.json."""
         texts = list(texts)
         labels = list(labels) if not isinstance(labels, (str, bytes)) else labels
         if isinstance(labels, (str, bytes)) or len(labels) != len(texts):
@@ -240,16 +260,27 @@ class FusionUtils:
         multi = bool(getattr(model, "multi_label_", False)) or any(isinstance(p, list) for p in result.predictions)
         y_true = encode_true_labels(labels, len(texts), result.labels, multi)
         y_pred = encode_targets(result.predictions, result.labels, multi)
-        return classification_metrics(y_true, y_pred, result.labels, multi)
+        metrics = classification_metrics(y_true, y_pred, result.labels, multi)
+        if save_results:
+            write_atomic(Path(results_dir).expanduser() / "evaluation.json", json.dumps(metrics, indent=2))
+        return metrics
 
     @staticmethod
-    def plot_fusion_results(metrics_by_model: Mapping[str, Any], path: str | os.PathLike,
+    def plot_fusion_results(metrics_by_model: Mapping[str, Any], save_path: str | os.PathLike,
                             title: str = "Accuracy and macro-F1 per model") -> Path:
-        """A PNG bar chart (matplotlib, Agg canvas) of accuracy and macro-F1 per model; returns its path."""
+        """A PNG bar chart (matplotlib, Agg canvas) of accuracy and macro-F1 per model; returns its path.
+
+        `metrics_by_model`: {name: metrics}, or one model's metrics (evaluate_fusion_model's result).
+        `save_path`: a .png file, or a folder (ending in '/', or existing), which gets fusion_results.png.
+        """
+        if isinstance(metrics_by_model, Mapping) and "accuracy" in metrics_by_model:
+            metrics_by_model = {"model": metrics_by_model}
         rows = _metric_pairs(metrics_by_model)
-        out = Path(path).expanduser()
-        if out.suffix.lower() != ".png":
-            raise ConfigError(f"path: expected a file name ending in .png, got {str(path)!r}.")
+        out = Path(save_path).expanduser()
+        if str(save_path).endswith(("/", os.sep)) or out.is_dir() or not out.suffix:
+            out = out / "fusion_results.png"
+        elif out.suffix.lower() != ".png":
+            raise ConfigError(f"save_path: expected a folder or a file name ending in .png, got {str(save_path)!r}.")
         _draw_bars(rows, out, title)
         return out
 
