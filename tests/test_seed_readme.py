@@ -1,8 +1,6 @@
 """The seed README's code blocks, copied verbatim, run offline with the fake LLM reached through the environment.
 
-Every block that is code rather than a sketch is here, except "Multi-Label Support", which this package
-does not run: it builds TrainingData from 0/1 rows without label names (here multi-label labels are
-lists of label names). The README's provider is deepseek, so
+Every block that is code rather than a sketch is here. The README's provider is deepseek, so
 DEEPSEEK_BASE_URL points at the loopback fake server (DEEPSEEK_API_KEY is a dummy); "roberta-base" is a
 local folder of that name holding the tiny test RoBERTa; the working folder and HOME are temporary.
 What a block leaves to the reader (`your_dataframe`, `ml_config`, `test_texts`, ...), or imports in an
@@ -18,7 +16,7 @@ import pandas as pd
 import pytest
 
 from tests.support.llm_server import FakeLLMServer
-from tests.support.seed_data import GENRES, movie_frame, sentiment_rows
+from tests.support.seed_data import GENRES, movie_frame, movie_rows, sentiment_rows
 from textclassify.runtime.errors import DataError
 
 SENTIMENTS = ["negative", "neutral", "positive"]
@@ -112,6 +110,23 @@ fusion_ensemble.fit(training_data)
 # Predict with automatic metrics calculation
 result = fusion_ensemble.predict(test_texts, test_labels)
 print(f"Accuracy: {result.metadata['metrics']['accuracy']:.4f}")
+'''
+
+# "Multi-Label Support"
+MULTI_LABEL_ENSEMBLE = '''\
+# Multi-label configuration
+training_data = TrainingData(
+    texts=texts,
+    labels=binary_labels,  # [[1,0,1], [0,1,0], ...]
+    classification_type=ClassificationType.MULTI_LABEL
+)
+
+# Fusion ensemble automatically adapts
+fusion_ensemble.fit(training_data)
+
+# Get multi-label predictions
+result = fusion_ensemble.predict(test_texts, test_labels)
+# result.predictions = [['action', 'drama'], ['comedy'], ...]
 '''
 
 # "Utilities and Helpers"
@@ -321,3 +336,30 @@ def test_utilities_and_helpers(seed_env, capsys):
     assert (seed_env / "plots" / "fusion_results.png").read_bytes()[:4] == b"\x89PNG"
     texts = ns["test_texts"]
     assert ns["loaded_model"].predict(texts).predictions == ns["fusion_ensemble"].predict(texts).predictions
+
+
+@pytest.mark.timeout(900)
+def test_multi_label_support_with_binary_rows(seed_env):
+    """TrainingData of 0/1 rows (named by the LLM classifier's label_columns) trains a multi-label ensemble."""
+    from textclassify.core.types import ClassificationType, EnsembleConfig, TrainingData
+    from textclassify.ensemble.fusion import FusionEnsemble
+    from textclassify.llm.deepseek_classifier import DeepSeekClassifier
+    from textclassify.ml.roberta_classifier import RoBERTaClassifier
+
+    genres = list(GENRES)
+    rows = movie_rows()
+    binary = [[int(g in gs) for g in genres] for _, gs in rows]
+    ml_model = RoBERTaClassifier(config=dict(ML_CONFIG))
+    llm_model = DeepSeekClassifier(config=dict(LLM_CONFIG), label_columns=genres)
+    ensemble = FusionEnsemble(EnsembleConfig(ensemble_method="fusion", models=[ml_model, llm_model],
+                                             parameters={"num_epochs": 2}))
+    ns = run_block(MULTI_LABEL_ENSEMBLE, {
+        "texts": [t for t, _ in rows], "binary_labels": binary, "fusion_ensemble": ensemble,
+        "test_texts": [t for t, _ in rows[::5]], "test_labels": binary[::5],
+        "TrainingData": TrainingData, "ClassificationType": ClassificationType})
+    result = ns["result"]
+    assert ns["training_data"].label_names is None  # unnamed 0/1 rows, as in the README
+    assert ensemble.labels_ == genres and ensemble.multi_label_  # named by label_columns, in column order
+    assert result.labels == genres and all(set(p) <= set(genres) for p in result.predictions)
+    assert 0.0 <= result.metadata["metrics"]["subset_accuracy"] <= 1.0
+

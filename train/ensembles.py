@@ -19,7 +19,7 @@ from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import decide, encode_targets
 from textclassify.runtime.errors import ConfigError, DataError, check_is_fitted
 from textclassify.runtime.metrics import classification_metrics, log_loss
-from textclassify.runtime.types import ClassificationResult, TrainingData
+from textclassify.runtime.types import ClassificationResult, TrainingData, indicator_rows_to_names
 from textclassify.runtime.validation import validate_texts
 from textclassify.train.fusion_utils import (
     align_columns,
@@ -427,13 +427,23 @@ class FusionEnsemble:
 
     def fit(self, data: TrainingData, eval_data: TrainingData | None = None) -> FusionEnsemble:
         """Train the fusion recipe on `data`; held-out metrics on `eval_data` if given, else on fusion-val."""
-        data = check_training_data(data, "FusionEnsemble")
+        data = check_training_data(self._named(data), "FusionEnsemble")
+        eval_data = self._named(eval_data)
         if eval_data is not None and not isinstance(eval_data, TrainingData):
             raise DataError(f"FusionEnsemble.fit: eval_data: expected TrainingData, got {type(eval_data).__name__}.")
         config = self.to_config(data)
         _, llm, _ = self._components()
         self.classifier_ = _auto_classifier(config, llm.api_key).fit(data, eval_data, progress=self.progress)
         return self
+
+    def _named(self, data: Any) -> Any:
+        """Multi-label TrainingData of unnamed 0/1 rows, named with the LLM classifier's labels (column order)."""
+        if not isinstance(data, TrainingData) or data.label_names is not None:
+            return data
+        _, llm, _ = self._components()
+        if llm.labels is None:
+            return data
+        return TrainingData(data.texts, data.labels, data.classification_type, label_names=list(llm.labels))
 
     def _check_fitted(self) -> None:
         check_is_fitted(self, "classifier_")
@@ -462,6 +472,8 @@ class FusionEnsemble:
     def predict(self, texts: Sequence[str], labels: Sequence[Any] | None = None) -> ClassificationResult:
         """Fused labels per text; metadata['metrics'] when `labels` are given, and metadata['llm_usage']."""
         self._check_fitted()
+        if labels is not None and self.multi_label_:
+            labels = indicator_rows_to_names(labels, self.labels_) or labels  # 0/1 rows in labels_ order
         result = self.classifier_.predict(texts, labels)
         result.metadata["ensemble_method"] = self.method
         return result

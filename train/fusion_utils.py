@@ -21,7 +21,7 @@ from textclassify.runtime.atomic import atomic_path, write_atomic
 from textclassify.runtime.decoding import decide, encode_targets
 from textclassify.runtime.errors import ConfigError, DataError
 from textclassify.runtime.metrics import classification_metrics
-from textclassify.runtime.types import ClassificationResult, TrainingData
+from textclassify.runtime.types import ClassificationResult, TrainingData, indicator_rows_to_names
 
 MAX_REPORTED_ERRORS = 20  # validate_fusion_data lists this many problems, then counts the rest
 
@@ -37,6 +37,8 @@ def encode_true_labels(labels: Sequence[Any] | None, n_texts: int, label_names: 
     labels = list(labels)
     if len(labels) != n_texts:
         raise DataError(f"labels: {len(labels)} labels for {n_texts} texts; they must match.")
+    if multi_label:
+        labels = indicator_rows_to_names(labels, list(label_names)) or labels
     try:
         return encode_targets(labels, list(label_names), multi_label)
     except ValueError as e:
@@ -81,6 +83,9 @@ def check_training_data(data: Any, owner: str) -> TrainingData:
     if not isinstance(data, TrainingData):
         raise DataError(f"{owner}.fit: expected TrainingData, got {type(data).__name__}; build it from a DataFrame "
                         "with FusionUtils.to_training_data(df, text_column, label_columns, multi_label).")
+    if data.label_names is None:
+        raise DataError(f"{owner}.fit: the labels are 0/1 rows without names; pass "
+                        "TrainingData(..., label_names=[...]) in the rows' column order.")
     return validate_training_data(data)
 
 
