@@ -206,7 +206,7 @@ def seed_env(tmp_path, tiny_roberta_dir, llm, monkeypatch, one_torch_thread):
 
 
 def run_block(code: str, namespace: dict) -> dict:
-    exec(compile(code, "<seed README>", "exec"), namespace)  # noqa: S102 -- the README's own code
+    exec(compile(code, "<seed README>", "exec"), namespace)
     return namespace
 
 
