@@ -1,4 +1,4 @@
-"""LLM faults (issue 5): each injected fault is retried and recovered, or rejected with a precise error;
+"""LLM faults: each injected fault is retried and recovered, or rejected with a precise error;
 the API key never leaks into an exception, a log line or a traceback."""
 from __future__ import annotations
 
