@@ -20,6 +20,7 @@ import numpy as np
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
+from textclassify.runtime.validation import is_int
 
 REQUIRED_ATTRIBUTES = ("model_", "tokenizer_", "calibrator_", "labels_", "multi_label_", "thresholds_",
                        "max_length_", "llm_settings_", "metrics_", "validation_")
@@ -106,17 +107,13 @@ def _reporter(enabled: bool) -> Callable[[str], None]:
     return say
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_options(int8: Any, fp16: Any, opset: Any, max_length: Any) -> None:
     for name, value in (("int8", int8), ("fp16", fp16)):
         if not isinstance(value, bool):
             raise ExportError(f"'{name}' must be a bool (got {value!r}, a {type(value).__name__}).")
-    if not _is_int(opset) or opset < MIN_OPSET:
+    if not is_int(opset) or opset < MIN_OPSET:
         raise ExportError(f"'opset' must be an int >= {MIN_OPSET} (got {opset!r}).")
-    if max_length is not None and (not _is_int(max_length) or max_length < 2):
+    if max_length is not None and (not is_int(max_length) or max_length < 2):
         raise ExportError(f"'max_length' must be an int >= 2 or None (got {max_length!r}).")
 
 

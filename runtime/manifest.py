@@ -23,6 +23,7 @@ from typing import Any
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import BundleError
+from textclassify.runtime.validation import is_int
 
 BUNDLE_FORMAT = "textclassify-bundle"
 TASKS = ("multi_class", "multi_label")
@@ -203,7 +204,7 @@ def _parse(directory: Path, raw: dict[str, Any]) -> BundleManifest:
     if fmt != BUNDLE_FORMAT:
         raise BundleError(f"{K.MANIFEST_FILE}: 'format' must be {BUNDLE_FORMAT!r} (got {fmt!r}).")
     version = raw.get("format_version")
-    if not _is_int(version) or version < 1:
+    if not is_int(version) or version < 1:
         raise BundleError(f"{K.MANIFEST_FILE}: 'format_version' must be a positive int (got {version!r}).")
     if version > K.BUNDLE_FORMAT_VERSION:
         raise BundleError(
@@ -225,7 +226,7 @@ def _parse(directory: Path, raw: dict[str, Any]) -> BundleManifest:
             raise BundleError(f"{name} ({where}) is not listed in {K.MANIFEST_FILE} 'files'; "
                               "refusing an unverified file.")
     max_length = raw.get("max_length")
-    if not _is_int(max_length) or max_length < 2:
+    if not is_int(max_length) or max_length < 2:
         raise BundleError(f"{K.MANIFEST_FILE}: 'max_length' must be an int >= 2 (got {max_length!r}).")
     _tokenizer_settings(tokenizer)
     if tokenizer.get("max_length", max_length) != max_length:
@@ -250,10 +251,6 @@ def _recheck_margin(raw: dict[str, Any], key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise BundleError(f"{K.MANIFEST_FILE}: 'parity.int8.{key}' must be a finite number >= 0 (got {value!r}).")
     return float(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _field(raw: dict[str, Any], key: str, kind: type) -> Any:
@@ -320,7 +317,7 @@ def _tokenizer_settings(tokenizer: dict[str, Any]) -> None:
         raise BundleError(f"{K.MANIFEST_FILE}: 'tokenizer.padding' must be one of {list(PADDING_MODES)} "
                           f"(got {padding!r}).")
     pad_id = tokenizer.get("pad_token_id")
-    if pad_id is not None and (not _is_int(pad_id) or pad_id < 0):
+    if pad_id is not None and (not is_int(pad_id) or pad_id < 0):
         raise BundleError(f"{K.MANIFEST_FILE}: 'tokenizer.pad_token_id' must be an int >= 0 (got {pad_id!r}).")
     for side in ("padding_side", "truncation_side"):
         if tokenizer.get(side, "right") != "right":
@@ -341,7 +338,7 @@ def _files(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise BundleError(f"{name}: 'sha256' in {K.MANIFEST_FILE} must be 64 lowercase hex digits "
                               f"(got {digest!r}).")
-        if not _is_int(size) or size < 0:
+        if not is_int(size) or size < 0:
             raise BundleError(f"{name}: 'bytes' in {K.MANIFEST_FILE} must be an int >= 0 (got {size!r}).")
     return files
 

@@ -18,6 +18,11 @@ DEFAULT_MAX_TEXT_CHARS = 100_000
 LONG_TEXT_POLICIES = ("truncate", "raise")
 
 
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (True is an int to Python, never a count here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def short_repr(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
     """repr(value) cut to `limit` characters (marking the cut): what an error message may quote of user data.
 

@@ -13,6 +13,7 @@ from typing import Any
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ConfigError
 from textclassify.runtime.llm.providers import PROVIDERS
+from textclassify.runtime.validation import is_int
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "llm_provider": "deepseek",
@@ -47,10 +48,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
 Check = Callable[[Any], bool]
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_num(v: Any) -> bool:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return False
@@ -58,11 +55,11 @@ def _is_num(v: Any) -> bool:
 
 
 def _pos_int(v: Any) -> bool:
-    return _is_int(v) and v > 0
+    return is_int(v) and v > 0
 
 
 def _nonneg_int(v: Any) -> bool:
-    return _is_int(v) and v >= 0
+    return is_int(v) and v >= 0
 
 
 def _float_in(lo: float, hi: float, lo_open: bool = True, hi_open: bool = False) -> Check:
@@ -111,21 +108,21 @@ RULES: dict[str, tuple[Check, str]] = {
     "ml.num_epochs": (_auto_or(_pos_int), "'auto' or a positive integer"),
     "ml.batch_size": (_pos_int, "a positive integer"),
     "ml.learning_rate": (_auto_or(_float_in(0, 1)), f"'auto' or a float in {_interval(0, 1)}"),
-    "ml.max_length": (lambda v: _is_int(v) and 8 <= v <= 8192, "an integer in [8, 8192]"),
+    "ml.max_length": (lambda v: is_int(v) and 8 <= v <= 8192, "an integer in [8, 8192]"),
     "ml.warmup_ratio": (_float_in(0, 1, lo_open=False, hi_open=True), "a float in [0, 1)"),
     "ml.weight_decay": (_float_in(0, 1, lo_open=False), "a float in [0, 1]"),
     "ml.val_split": (_float_in(0, 1, hi_open=True), "a float in (0, 1)"),
     "ml.early_stopping_patience": (_pos_int, "a positive integer"),
     "lexical": (_choice(("auto", "on", "off")), "one of ['auto', 'on', 'off']"),
     "llm.temperature": (_float_in(0, 2, lo_open=False), "a float in [0, 2]"),
-    "llm.max_concurrency": (lambda v: _is_int(v) and 1 <= v <= 1024, "an integer in [1, 1024]"),
+    "llm.max_concurrency": (lambda v: is_int(v) and 1 <= v <= 1024, "an integer in [1, 1024]"),
     "llm.timeout_s": (_float_in(0, 3600), "a number of seconds in (0, 3600]"),
-    "llm.max_retries": (lambda v: _is_int(v) and 0 <= v <= 50, "an integer in [0, 50]"),
+    "llm.max_retries": (lambda v: is_int(v) and 0 <= v <= 50, "an integer in [0, 50]"),
     "llm.score_method": (_choice(K.SCORE_METHODS), f"one of {list(K.SCORE_METHODS)}"),
     "llm.on_unusable_answer": (_choice(K.UNUSABLE_ANSWER_POLICIES), f"one of {list(K.UNUSABLE_ANSWER_POLICIES)}"),
     "fusion.hidden_dims": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0,
                            "a non-empty list of positive integers"),
-    "fusion.hidden_dims[]": (lambda v: _is_int(v) and 0 < v <= 65536, "a positive integer"),
+    "fusion.hidden_dims[]": (lambda v: is_int(v) and 0 < v <= 65536, "a positive integer"),
     "fusion.dropout": (_float_in(0, 1, lo_open=False, hi_open=True), "a float in [0, 1)"),
     "fusion.ml_lr": (_float_in(0, 1), f"a float in {_interval(0, 1)}"),
     "fusion.fusion_lr": (_float_in(0, 1), f"a float in {_interval(0, 1)}"),
@@ -134,7 +131,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "fusion.warmup_epochs": (_pos_int, "a positive integer"),
     "fusion.val_split": (_float_in(0, 1, hi_open=True), "a float in (0, 1)"),
     "fusion.early_stopping_patience": (_pos_int, "a positive integer"),
-    "fusion.cv_folds": (lambda v: _is_int(v) and 2 <= v <= 20, "an integer in [2, 20]"),
+    "fusion.cv_folds": (lambda v: is_int(v) and 2 <= v <= 20, "an integer in [2, 20]"),
     "fusion.threshold_objective": (_choice(("macro_f1", "subset_accuracy")), "one of ['macro_f1', 'subset_accuracy']"),
 }
 
