@@ -302,7 +302,7 @@ def build_minilm(out: Path) -> Path:
                   "fusion": {"num_epochs": 3, "batch_size": 16}}
         frame = pd.DataFrame({"text": texts[:600], "label": labels[:600]})
         clf = AutoFusionClassifier(config).fit(frame, progress=False)
-        bundle = clf.export(out / "bundle", int8=True, texts=texts[600:], progress=False)
+        bundle = clf.export(out / "bundle", int8=True, progress=False)  # parity on the model's validation texts
     finally:
         server.stop()
     (out / "texts.json").write_text(json.dumps(texts))

@@ -37,6 +37,14 @@ def toy_dir(tiny_roberta_dir: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
+def tags_dir(tiny_roberta_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("serve_tags") / "bundle"
+    write_toy_bundle(out, Path(tiny_roberta_dir) / "tokenizer.json", labels=LABELS, multi_label=True, llm=LLM,
+                     max_length=32, thresholds=[0.3, 0.5, 0.7], seed=3)
+    return out
+
+
+@pytest.fixture(scope="module")
 def expected(toy_dir: Path, server: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """text -> (label, probabilities) from the same bundle in-process, one text at a time."""
     cache = tmp_path_factory.mktemp("expected_cache")
@@ -46,10 +54,12 @@ def expected(toy_dir: Path, server: FakeLLMServer, tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture(scope="module")
-def serve(toy_dir: Path, server: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory):
-    """fusion-serve over the toy bundle (model name: the folder name), LLM endpoint overridden to the fake."""
+def serve(toy_dir: Path, tags_dir: Path, server: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory):
+    """fusion-serve over two toy bundles: "tickets" (the folder name) and "tags" (multi-label, NAME=DIR); the
+    LLM endpoint overridden to the fake."""
     tmp = tmp_path_factory.mktemp("serve_main")
-    proc = ServeProcess(["--bundle", str(toy_dir), "--llm-base-url", server.base_url, "--cache-dir", str(tmp / "c"),
+    proc = ServeProcess(["--bundle", str(toy_dir), "--bundle", f"tags={tags_dir}", "--llm-base-url", server.base_url,
+                         "--cache-dir", str(tmp / "c"),
                          "--max-texts", str(MAX_TEXTS), "--max-request-bytes", "64KiB", "--max-delay-ms", "20"],
                         tmp / "serve.log")
     with proc:
@@ -116,6 +126,23 @@ def test_infer_defaults_and_gzip(serve: ServeProcess, expected: dict) -> None:
                                   response_compression_algorithm="gzip")
     assert [x.decode() for x in result.as_numpy("label")] == [expected[t][0] for t in texts]
     assert result.as_numpy("probabilities").shape == (3, 3)
+
+
+def test_multi_label_model_in_the_same_process(serve: ServeProcess, tags_dir: Path, server: FakeLLMServer,
+                                               tmp_path: Path) -> None:
+    """The second bundle: v2 'label' joins the predicted labels with commas, the plain endpoint gives lists."""
+    texts = TEXTS[20:26]
+    with load_bundle(tags_dir, llm_base_url=server.base_url, cache_dir=tmp_path) as bundle:
+        want = bundle.predict(texts)
+    assert all(len(p) >= 2 for p in want.predictions)  # every row needs the join: the test reads commas
+    result = _client(serve).infer("tags", [_bytes_input(texts)])
+    assert [x.decode() for x in result.as_numpy("label")] == [",".join(p) for p in want.predictions]
+    np.testing.assert_allclose(result.as_numpy("probabilities"), want.probabilities, atol=1e-5)
+    body = httpx.post(f"{serve.url}/v1/models/tags/predict", json={"texts": texts}, timeout=30).json()
+    assert body["predictions"] == want.predictions
+    meta = _client(serve).get_model_metadata("tags")
+    assert meta["parameters"]["multi_label"] is True and json.loads(meta["parameters"]["thresholds"]) == [0.3, 0.5,
+                                                                                                        0.7]
 
 
 def test_plain_endpoint(serve: ServeProcess, expected: dict) -> None:
@@ -250,7 +277,7 @@ def test_limits_413_name_the_limit(serve: ServeProcess) -> None:
 def test_unknown_model_and_route_are_404_json(serve: ServeProcess) -> None:
     """Unknown model (both endpoints), unknown version, unknown path: 404 with a JSON error."""
     r = httpx.post(f"{serve.url}/v1/models/nope/predict", json={"texts": ["a"]}, timeout=30)
-    assert r.status_code == 404 and "model 'nope' is not served here (models: ['tickets'])" in r.json()["error"]
+    assert r.status_code == 404 and "model 'nope' is not served here (models: ['tags', 'tickets'])" in r.json()["error"]
     with pytest.raises(InferenceServerException) as err:
         _client(serve).infer("nope", [_bytes_input(["a"])])
     assert err.value.status() == "404"
