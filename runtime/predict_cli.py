@@ -19,7 +19,7 @@ from textclassify.runtime import constants as K
 from textclassify.runtime.atomic import write_atomic
 from textclassify.runtime.errors import DataError, TextClassifyError, one_line
 from textclassify.runtime.output_paths import STDOUT, check_output_file, exit_on_sigterm
-from textclassify.runtime.validation import DEFAULT_MAX_TEXT_CHARS, check_unicode
+from textclassify.runtime.validation import DEFAULT_MAX_TEXT_CHARS, check_base_url, check_unicode
 
 CHUNK_ROWS = 512  # texts per predict call: progress granularity, and enough for the LLM's concurrency
 SUMMARY_SUFFIX = ".summary.json"
@@ -105,6 +105,7 @@ def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_col
 
     Both output paths are checked before the input is read or the bundle loaded; returns the summary."""
     started = time.perf_counter()
+    check_base_url(llm_base_url, "--llm-base-url")
     to_stdout = output_path == STDOUT
     check_output_file(output_path, inputs=[input_path])
     summary_path = None if to_stdout else str(output_path) + SUMMARY_SUFFIX

@@ -122,6 +122,13 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
+def redact_config(config: Any) -> Any:
+    """A copy of a config mapping with credentials in `llm_base_url` replaced by '***' (for reprs and logs)."""
+    if not isinstance(config, Mapping) or not url_has_credentials(config.get("llm_base_url")):
+        return config
+    return {**config, "llm_base_url": redact_url(config["llm_base_url"])}
+
+
 def check_base_url(url: Any, where: str = "llm_base_url") -> None:
     """ConfigError when an LLM base URL carries credentials; the message never repeats them."""
     if url_has_credentials(url):
@@ -130,13 +137,15 @@ def check_base_url(url: Any, where: str = "llm_base_url") -> None:
                           "OPENAI_API_KEY) instead.")
 
 
-def check_number(value: Any, where: str, lo: float, hi: float, *, integer: bool = False) -> None:
-    """ConfigError unless `value` is a finite number (an int when `integer`) in [lo, hi]."""
+def check_number(value: Any, where: str, lo: float, hi: float, *, integer: bool = False,
+                 lo_open: bool = False) -> None:
+    """ConfigError unless `value` is a finite number (an int when `integer`) in [lo, hi] (or (lo, hi])."""
     ok = not isinstance(value, bool) and isinstance(value, (int, float) if not integer else int)
-    ok = ok and math.isfinite(value) and lo <= value <= hi
+    ok = ok and math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
     if not ok:
         kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{where}: expected {kind} in [{lo:g}, {hi:g}], got {short_repr(value)}.")
+        raise ConfigError(f"{where}: expected {kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}], "
+                          f"got {short_repr(value)}.")
 
 
 def mark_nonfinite_rows(probabilities: Any, predictions: list[Any], degraded: list[int], reasons: dict[int, str],

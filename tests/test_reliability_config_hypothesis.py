@@ -7,6 +7,7 @@ raise ConfigError whose message starts with the key's path -- never another exce
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -62,6 +63,14 @@ def choice(options: list[str]):
 
 NAME = st.text(min_size=1, max_size=8).filter(lambda s: s.strip() != "")
 
+
+def _has_userinfo(url: str) -> bool:
+    """An '@' in the authority (between '//' and the first '/', '?' or '#'): user:pass@host."""
+    if "//" not in url:
+        return False
+    authority = re.split(r"[/?#]", url.split("//", 1)[1], maxsplit=1)[0]
+    return "@" in authority
+
 # path -> (is the value valid?, a strategy of valid values). Independent of RULES on purpose.
 SPEC: dict[str, tuple[Any, Any]] = {
     "llm_provider": choice(sorted(PROVIDERS)),
@@ -72,9 +81,10 @@ SPEC: dict[str, tuple[Any, Any]] = {
     "text_column": (_nonempty, NAME),
     "ml_model": (_nonempty, NAME),
     "llm_model": (lambda v: v is None or _nonempty(v), st.none() | NAME),
-    "llm_base_url": (lambda v: v is None or (isinstance(v, str) and v.startswith(("http://", "https://"))),
+    "llm_base_url": (lambda v: v is None or (isinstance(v, str) and v.startswith(("http://", "https://"))
+                                             and not _has_userinfo(v)),
                      st.none() | st.builds(lambda s, h: s + h, st.sampled_from(["http://", "https://"]),
-                                           st.text(max_size=10))),
+                                           st.text(max_size=10)).filter(lambda v: not _has_userinfo(v))),
     "cache_dir": (_nonempty, NAME),
     "output_dir": (_nonempty, NAME),
     "fusion_split": float_in(0, 1, True, True),
@@ -94,6 +104,8 @@ SPEC: dict[str, tuple[Any, Any]] = {
     "llm.max_retries": int_in(0, 50),
     "llm.score_method": choice(["auto", "logprobs", "json"]),
     "llm.on_unusable_answer": choice(["raise", "abstain"]),
+    "llm.deadline_s": ((lambda v: v is None or float_in(0, 604800, True, False)[0](v)),
+                       st.none() | float_in(0, 604800, True, False)[1]),
     "fusion.hidden_dims": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
                            and all(_int(d) and 0 < d <= 65536 for d in v),
                            st.lists(st.integers(1, 65536), min_size=1, max_size=4)),
@@ -105,6 +117,15 @@ SPEC: dict[str, tuple[Any, Any]] = {
     "fusion.warmup_epochs": int_in(1),
     "fusion.val_split": float_in(0, 1, True, True),
     "fusion.early_stopping_patience": int_in(1),
+    "fusion.llm_dropout": float_in(0, 1, False, True),
+    "llm.price_per_million": ((lambda v: v is None or (isinstance(v, dict) and set(v) == {"input", "output"}
+                                                       and all(_num(x) and x >= 0 for x in v.values()))),
+                              st.none() | st.fixed_dictionaries({"input": st.floats(0, 100),
+                                                                 "output": st.floats(0, 100)})),
+    "gate.enabled": (lambda v: isinstance(v, bool), st.booleans()),
+    "gate.max_accuracy_loss": float_in(0, 1, False, False),
+    "gate.llm_fraction": ((lambda v: v is None or float_in(0, 1, False, False)[0](v)),
+                          st.none() | float_in(0, 1, False, False)[1]),
     "fusion.cv_folds": int_in(2, 20),
     "fusion.threshold_objective": choice(["macro_f1", "subset_accuracy"]),
 }
@@ -141,6 +162,10 @@ def check(path: str, value: Any) -> None:
     except ConfigError as e:
         assert not valid, f"{path}={value!r} is valid per the spec but was refused: {e}"
         message = str(e)
+        if path == "llm_base_url" and isinstance(value, str) and _has_userinfo(value):
+            assert message.startswith("llm_base_url: the URL carries credentials (") and "Put credentials in the " \
+                "API key variable" in message, message
+            return
         assert message.startswith((f"{path}: expected ", f"{path}[")), message
         return
     assert valid, f"{path}={value!r} is invalid per the spec but was accepted"

@@ -97,7 +97,7 @@ def test_unknown_nested_key():
     """An unknown key inside a section names its full path and the section's known keys."""
     assert _error({"models": {"llm": {"modle": "x"}}}) == (
         "models.llm.modle: unknown key (known keys under models.llm: provider, model, base_url, temperature, "
-        "max_concurrency, timeout_s, max_retries, score_method, on_unusable_answer)")
+        "max_concurrency, timeout_s, max_retries, score_method, on_unusable_answer, deadline_s)")
 
 
 def test_api_key_in_the_file_is_refused_without_echoing_it():

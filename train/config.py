@@ -13,7 +13,7 @@ from typing import Any
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ConfigError
 from textclassify.runtime.llm.providers import PROVIDERS
-from textclassify.runtime.validation import is_int
+from textclassify.runtime.validation import check_base_url, is_int, short_repr
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "llm_provider": "deepseek",
@@ -37,6 +37,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "temperature": K.DEFAULT_TEMPERATURE, "max_concurrency": K.DEFAULT_MAX_CONCURRENCY,
         "timeout_s": K.DEFAULT_TIMEOUT_S, "max_retries": K.DEFAULT_MAX_RETRIES, "score_method": "auto",
         "on_unusable_answer": "raise",
+        "deadline_s": None,  # overall seconds per scoring call; None: derived from timeout_s and max_retries
     },
     "fusion": {
         "hidden_dims": [64, 32], "dropout": 0.1, "ml_lr": 1e-5, "fusion_lr": 1e-3,
@@ -120,6 +121,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "llm.max_retries": (lambda v: is_int(v) and 0 <= v <= 50, "an integer in [0, 50]"),
     "llm.score_method": (_choice(K.SCORE_METHODS), f"one of {list(K.SCORE_METHODS)}"),
     "llm.on_unusable_answer": (_choice(K.UNUSABLE_ANSWER_POLICIES), f"one of {list(K.UNUSABLE_ANSWER_POLICIES)}"),
+    "llm.deadline_s": (lambda v: v is None or _float_in(0, 604800)(v), "null or a number of seconds in (0, 604800]"),
     "fusion.hidden_dims": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0,
                            "a non-empty list of positive integers"),
     "fusion.hidden_dims[]": (lambda v: is_int(v) and 0 < v <= 65536, "a positive integer"),
@@ -137,7 +139,7 @@ RULES: dict[str, tuple[Check, str]] = {
 
 
 def _fail(path: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(f"{path}: expected {expected}, got {value!r}")
+    return ConfigError(f"{path}: expected {expected}, got {short_repr(value)}")
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -174,6 +176,7 @@ def validate_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
             for i, item in enumerate(value):
                 if not element[0](item):
                     raise _fail(f"{path}[{i}]", element[1], item)
+    check_base_url(merged["llm_base_url"])  # user:pass@ would reach saved models, bundles and logs
     if isinstance(merged["label_columns"], tuple):
         merged["label_columns"] = list(merged["label_columns"])
     if merged["llm_provider"] == "openai-compatible" and not merged["llm_base_url"]:

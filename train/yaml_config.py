@@ -20,6 +20,7 @@ import yaml
 
 from textclassify.runtime.atomic import write_atomic
 from textclassify.runtime.errors import ConfigError
+from textclassify.runtime.validation import check_base_url, short_repr, url_has_credentials
 from textclassify.train.config import DEFAULT_CONFIG, RULES, validate_config
 
 log = logging.getLogger("textclassify.config")
@@ -77,6 +78,8 @@ FIELDS: tuple[Field, ...] = (
     Field("models.llm.on_unusable_answer", "llm.on_unusable_answer", "raise | abstain: when the LLM's answer "
           "names no label even after retries, fail, or score that text 'no opinion' (uniform) in training "
           "and serving alike."),
+    Field("models.llm.deadline_s", "llm.deadline_s", "Overall seconds one scoring call may take; rows still "
+          "unanswered then fail (null: derived from timeout_s and max_retries, the most those limits allow)."),
     Field("fusion.hidden_dims", "fusion.hidden_dims", "Hidden layer sizes of the fusion MLP."),
     Field("fusion.dropout", "fusion.dropout", "Dropout after each hidden layer."),
     Field("fusion.ml_lr", "fusion.ml_lr", "Learning rate of the encoder during joint fine-tuning."),
@@ -144,7 +147,19 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------------------ loading
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `2e-5` as a float (YAML 1.2) and rejects duplicate keys."""
+    """SafeLoader that reads `2e-5` as a float (YAML 1.2) and rejects duplicate keys, anchors and aliases.
+
+    A config has no use for anchors (&a) and aliases (*a), and they are how a 514-byte file expands into
+    gigabytes (the "billion laughs"): they are refused before anything is expanded.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            kind = "aliases (*name)" if isinstance(event, yaml.AliasEvent) else "anchors (&name)"
+            raise yaml.composer.ComposerError(None, None, f"YAML {kind} are not allowed in a config file",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -177,6 +192,8 @@ def read_config_document(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: the config file is not valid UTF-8 (byte {e.start}).") from None
     try:
         document = yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply.") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -228,7 +245,9 @@ def _delete(document: dict[str, Any], path: str) -> None:
 
 # --------------------------------------------------------------------------------------- validation
 def _fail(path: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(f"{path}: expected {expected}, got {value!r}")
+    if path == "models.llm.base_url" and url_has_credentials(value):
+        check_base_url(value, path)  # raises without echoing the credentials
+    return ConfigError(f"{path}: expected {expected}, got {short_repr(value)}")
 
 
 def _check_leaf(path: str, field: Field, value: Any) -> None:
@@ -244,6 +263,7 @@ def _check_leaf(path: str, field: Field, value: Any) -> None:
 
 def _unknown(path: str, key: Any, known: Mapping[str, Any]) -> ConfigError:
     where = f" under {path}" if path else ""
+    key = key if isinstance(key, str) and len(key) <= 100 else short_repr(key, 100)
     full = f"{path}.{key}" if path else str(key)
     if isinstance(key, str) and "key" in key.lower():
         return ConfigError(f"{full}: unknown key; API keys are read from the environment only (for example "

@@ -7,8 +7,10 @@ requesting at that moment, so two runs over the same texts do not pay twice.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import socket
@@ -24,6 +26,7 @@ from typing import Any
 
 from textclassify.runtime.errors import CacheError
 
+log = logging.getLogger("textclassify.llm")
 CACHE_FILE = "llm_scores.sqlite3"
 SCHEMA_VERSION = "1"
 BUSY_TIMEOUT_S = 30.0
@@ -90,11 +93,17 @@ class ScoreCache:
         self._host = socket.gethostname()
         self.owner = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
+        self.read_only = False
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CacheError(f"LLM score cache directory {directory} cannot be created: {e}") from None
-        self._conn = self._open()
+        try:
+            self._conn = self._open()
+        except CacheError:
+            if not self._cannot_write():
+                raise
+            self._conn = self._open_read_only()
 
     def _open(self) -> sqlite3.Connection:
         # Two processes creating the same cache at once can see "database is locked" while the other
@@ -109,6 +118,46 @@ class ScoreCache:
                     raise CacheError(f"LLM score cache {self.path} stayed locked for {BUSY_TIMEOUT_S:g} s "
                                      "by another process.") from None
                 time.sleep(0.05)
+
+    def _cannot_write(self) -> bool:
+        """True when the cache file exists but this process cannot write it or its folder (a read-only
+        filesystem, or permissions): then it is served read-only instead of being called corrupt."""
+        if not self.path.is_file():
+            return False
+        if not os.access(self.path, os.W_OK) or not os.access(self.path.parent, os.W_OK):
+            return True
+        probe = self.path.parent / f".{self.path.name}.probe-{uuid.uuid4().hex[:8]}"
+        try:  # os.access does not see a read-only mount for root: try the folder itself
+            fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except OSError as e:
+            return e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        os.close(fd)
+        probe.unlink()
+        return False
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """The cache opened read-only (hits are served, nothing is written); CacheError if even that fails."""
+        last: Exception | None = None
+        for query in ("mode=ro", "immutable=1"):  # immutable: no -shm/-wal needed beside a WAL database
+            try:
+                conn = sqlite3.connect(f"{self.path.as_uri()}?{query}", uri=True, timeout=BUSY_TIMEOUT_S,
+                                       isolation_level=None, check_same_thread=False)
+                version = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            except sqlite3.Error as e:
+                last = e
+                continue
+            if version is None or version[0] != SCHEMA_VERSION:
+                conn.close()
+                raise CacheError(f"LLM score cache {self.path} is read-only and has schema version "
+                                 f"{None if version is None else version[0]!r}, expected {SCHEMA_VERSION!r}; "
+                                 "point cache_dir at a writable folder.")
+            self.read_only = True
+            log.warning("LLM score cache %s is read-only: cached answers are served, new answers are not "
+                        "stored (point cache_dir at a writable folder to keep them).", self.path)
+            return conn
+        raise CacheError(f"LLM score cache {self.path} is read-only (a read-only filesystem or no write "
+                         f"permission) and could not be opened for reading either ({last}); point cache_dir at a "
+                         "writable folder, or run without a cache (cache_dir=None).")
 
     def _open_once(self) -> sqlite3.Connection:
         try:
@@ -188,6 +237,8 @@ class ScoreCache:
 
     def put(self, key: str, scores: Sequence[float], method: str, usage: dict[str, int] | None = None) -> None:
         """Store one answer (and drop this process's claim on it) in one short transaction."""
+        if self.read_only:
+            return
         row = (key, json.dumps([float(s) for s in scores]), method, json.dumps(usage or {}), time.time())
         with self._guard(transaction=True) as conn:
             conn.execute("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)", row)
@@ -196,6 +247,9 @@ class ScoreCache:
     def claim(self, key: str, n_labels: int, lease_s: float) -> Claim:
         """Cached scores, or a claim on `key` for this process, or 'busy' while another live one holds it."""
         now = time.time()
+        if self.read_only:  # no claims: other processes cannot see them anyway
+            found = self.get_many([key], n_labels)
+            return Claim("cached", found[key]) if key in found else Claim("mine")
         with self._guard(transaction=True) as conn:
             row = conn.execute("SELECT scores FROM scores WHERE key = ?", (key,)).fetchone()
             if row is not None:
@@ -217,6 +271,8 @@ class ScoreCache:
 
     def release(self, key: str) -> None:
         """Drop this process's claim on `key` (after a failure)."""
+        if self.read_only:
+            return
         with self._guard(transaction=True) as conn:
             conn.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (key, self.owner))
 
@@ -228,6 +284,8 @@ class ScoreCache:
 
     def set_meta(self, name: str, value: str) -> None:
         """Set a value of the meta table."""
+        if self.read_only:
+            return
         with self._guard(transaction=True) as conn:
             conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
 

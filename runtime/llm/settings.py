@@ -40,10 +40,10 @@ class LLMSettings:
         check_base_url(self.base_url)
         check_number(self.temperature, "llm.temperature", 0.0, 2.0)
         check_number(self.max_concurrency, "llm.max_concurrency", 1, 1024, integer=True)
-        check_number(self.timeout_s, "llm.timeout_s", 1e-3, 3600.0)
+        check_number(self.timeout_s, "llm.timeout_s", 0.0, 3600.0, lo_open=True)
         check_number(self.max_retries, "llm.max_retries", 0, 50, integer=True)
         if self.deadline_s is not None:
-            check_number(self.deadline_s, "llm.deadline_s", 1e-3, 7 * 24 * 3600.0)
+            check_number(self.deadline_s, "llm.deadline_s", 0.0, 7 * 24 * 3600.0, lo_open=True)
         if not isinstance(self.prompt_version, str):
             raise ConfigError(f"llm.prompt_version: expected a string, got {short_repr(self.prompt_version)}")
         if not isinstance(self.score_method, str) or self.score_method not in K.SCORE_METHODS:
