@@ -1,4 +1,4 @@
-"""ONNX Runtime's transformer optimizer on model.onnx (attention, LayerNorm and GELU fusions).
+"""ONNX Runtime's transformer optimizer on encoder.onnx (attention, LayerNorm and GELU fusions).
 
 Only the offline, provider-neutral part runs here (`opt_level=0`: the Python fusion passes);
 ONNX Runtime applies its own graph optimisations again when the runtime opens the session. The

@@ -1,10 +1,12 @@
 """The parity gate: PyTorch against ONNX Runtime on real texts, before anything is written.
 
-The ONNX side follows the runtime's path exactly: the bundle's tokenizer.json through the
-runtime's own `BundleTokenizer`, raw LLM scores through calibrator.onnx, then model.onnx, with the
-runtime's session options. The PyTorch side is the fitted model as trained: its Hugging Face
-tokenizer, `calibrator_.transform`, then `model_`. Both run at batch sizes 1 and 7 over texts of
-mixed lengths (plus one text longer than max_length, so truncation is covered too).
+The ONNX side follows the runtime's path exactly, the composed pipeline: the bundle's tokenizer.json
+through the runtime's own `BundleTokenizer`, encoder.onnx, raw LLM scores through calibrator.onnx,
+then fusion.onnx with llm_present = 1 (fused_logits) and with llm_present = 0 (the no-LLM answer the
+gate and ml_only serve), with the runtime's session options. The PyTorch side is the fitted model as
+trained: its Hugging Face tokenizer, `calibrator_.transform`, the encoder, then the fusion head both
+ways. Both run at batch sizes 1 and 7 over texts of mixed lengths (plus one text longer than
+max_length, so truncation is covered too).
 Mismatches are gathered per kind -- names, then shapes, then values -- with their max difference.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from textclassify.export.model_onnx import GraphSpec, as_feeds, eval_mode
+from textclassify.export.model_onnx import GraphSpec, as_feeds, eval_mode, fusion_feeds
 from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import logits_to_probabilities
 from textclassify.runtime.errors import ExportError
@@ -38,17 +40,26 @@ class ParityData:
 
 @dataclass
 class Outputs:
-    """ml_logits and fused_logits [n, C] per batch size, rows in text order."""
+    """ml_logits, fused_logits and the no-LLM fused_logits [n, C] per batch size, rows in text order."""
 
     ml: dict[int, np.ndarray] = field(default_factory=dict)
     fused: dict[int, np.ndarray] = field(default_factory=dict)
+    nollm: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def named(self) -> dict[str, dict[int, np.ndarray]]:
+        """The outputs compared, by the name a mismatch message gives them."""
+        out = {"ml_logits": self.ml, "fused_logits": self.fused}
+        if self.nollm:
+            out["fused_logits (llm_present=0)"] = self.nollm
+        return out
 
 
 @dataclass
 class Reference(Outputs):
-    """PyTorch's outputs, its calibrated scores and the encoder inputs of each batch."""
+    """PyTorch's outputs, its calibrated scores, lexical logits (scikit-learn) and the encoder inputs per batch."""
 
     calibrated: np.ndarray | None = None
+    lexical: np.ndarray | None = None
     batches: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
 
@@ -105,31 +116,45 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 def torch_reference(model: Any, data: ParityData, max_length: int,
                     batch_sizes: Sequence[int] = PARITY_BATCH_SIZES) -> Reference:
-    """The fitted model's own outputs: HF tokenizer, `calibrator_.transform`, then `model_` in eval mode."""
+    """The fitted model's own outputs: HF tokenizer, `calibrator_.transform`, then `model_` in eval mode.
+
+    fused: the head with llm_present = 1 on the calibrated scores; nollm: with llm_present = 0.
+    """
     calibrated = np.asarray(model.calibrator_.transform(data.raw_scores), dtype=np.float32)
-    ref = Reference(calibrated=calibrated)
     wrapper = model.model_
+    lexical = None
+    if getattr(wrapper.mlp, "has_lexical", False):
+        lexical = np.asarray(model.lexical_.logits(data.texts), dtype=np.float32)
+    ref = Reference(calibrated=calibrated, lexical=lexical)
     with eval_mode(wrapper), torch.no_grad():
         for size in batch_sizes:
-            ml, fused, batches = [], [], []
+            ml, fused, nollm, batches = [], [], [], []
             for part in _chunks(len(data.texts), size):
                 enc = model.tokenizer_(data.texts[part], truncation=True, max_length=max_length, padding=True,
                                        return_tensors="pt")
-                out = wrapper(enc["input_ids"], enc["attention_mask"], torch.from_numpy(calibrated[part]))
+                n = enc["input_ids"].shape[0]
+                lex = None if lexical is None else torch.from_numpy(lexical[part])
+                out = wrapper(enc["input_ids"], enc["attention_mask"], torch.from_numpy(calibrated[part]),
+                              torch.ones(n, 1), lex)
+                absent = wrapper.mlp(out.ml_logits, lex, torch.zeros_like(out.llm_scores), torch.zeros(n, 1))
                 ml.append(out.ml_logits.float().numpy())
                 fused.append(out.fused_logits.float().numpy())
+                nollm.append(absent.float().numpy())
                 batches.append((enc["input_ids"].numpy().astype(np.int64),
                                 enc["attention_mask"].numpy().astype(np.int64)))
             ref.ml[size], ref.fused[size] = np.concatenate(ml), np.concatenate(fused)
+            ref.nollm[size] = np.concatenate(nollm)
             ref.batches[size] = batches
     return ref
 
 
 def open_session(path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
-    """An InferenceSession opened as the runtime opens one (same options, same disabled fusions)."""
-    from textclassify.runtime.sessions import inference_session, session_options
+    """An InferenceSession opened as the runtime opens one (same options, same disabled fusions; on CUDA the
+    runtime's provider options, TF32 off)."""
+    from textclassify.runtime.sessions import ProviderPlan, inference_session
 
-    return inference_session(str(path), providers, session_options())
+    plan = ProviderPlan(tuple(providers))
+    return inference_session(str(path), plan.providers, plan.session_options(), plan.provider_options())
 
 
 def check_calibrator(path: str | Path, model: Any, data: ParityData, reference: Reference,
@@ -167,25 +192,32 @@ def check_tokenizer(tokenizer: BundleTokenizer, data: ParityData, reference: Ref
     return found
 
 
-def graph_feeds(tokenizer: BundleTokenizer, data: ParityData, calibrated: np.ndarray, size: int,
-                spec: GraphSpec) -> Iterator[dict[str, np.ndarray]]:
-    """model.onnx's feeds for the parity texts in batches of `size`: the runtime's tokens, calibrated scores."""
+def graph_feeds(tokenizer: BundleTokenizer, data: ParityData, size: int) -> Iterator[dict[str, np.ndarray]]:
+    """encoder.onnx's feeds for the parity texts in batches of `size`: the runtime's tokens."""
     for part in _chunks(len(data.texts), size):
         ids, mask = tokenizer(data.texts[part])
-        yield as_feeds(ids, mask, calibrated[part], spec)
+        yield as_feeds(ids, mask)
 
 
-def run_graph(session: Any, tokenizer: BundleTokenizer, data: ParityData, calibrated: np.ndarray,
-              batch_sizes: Sequence[int], spec: GraphSpec) -> Outputs:
-    """model.onnx (or a variant) on the runtime's tokenisation and calibrator.onnx's scores."""
+def run_graph(encoder: Any, fusion: Any, tokenizer: BundleTokenizer, data: ParityData, calibrated: np.ndarray,
+              batch_sizes: Sequence[int], lexical: np.ndarray | None = None) -> Outputs:
+    """The composed pipeline: encoder.onnx (or a variant) on the runtime's tokens, then fusion.onnx both ways
+    (with lexical.onnx's logits of the texts where the head reads them)."""
     out = Outputs()
+    n_labels = calibrated.shape[1]
+    lex = (lambda part: None) if lexical is None else (lambda part: lexical[part])  # noqa: E731
     for size in batch_sizes:
-        ml, fused = [], []
-        for feeds in graph_feeds(tokenizer, data, calibrated, size, spec):
-            got = session.run(list(spec.output_names), feeds)
-            ml.append(got[0])
-            fused.append(got[1])
-        out.ml[size], out.fused[size] = np.concatenate(ml), np.concatenate(fused)
+        ml = np.concatenate([encoder.run([K.ENCODER_OUTPUT], feeds)[0]
+                             for feeds in graph_feeds(tokenizer, data, size)])
+        n = len(ml)
+        fused = np.concatenate([fusion.run([K.FUSED_OUTPUT], fusion_feeds(ml[part], calibrated[part],
+                                                                           np.ones(len(ml[part])), lex(part)))[0]
+                                for part in _chunks(n, size)])
+        nollm = np.concatenate([fusion.run([K.FUSED_OUTPUT],
+                                           fusion_feeds(ml[part], np.zeros((len(ml[part]), n_labels), np.float32),
+                                                        np.zeros(len(ml[part])), lex(part)))[0]
+                                for part in _chunks(n, size)])
+        out.ml[size], out.fused[size], out.nollm[size] = ml, fused, nollm
     return out
 
 
@@ -209,10 +241,10 @@ def compare_fp32(name: str, ref: Reference, got: Outputs, tolerance: float) -> t
     found = _shape_findings(name, ref, got)
     if found.shapes:
         return found, {}
-    worst = {"ml_logits": 0.0, "fused_logits": 0.0}
+    worst = dict.fromkeys(ref.named(), 0.0)
     for size in ref.fused:
-        for output, want, have in (("ml_logits", ref.ml[size], got.ml[size]),
-                                   ("fused_logits", ref.fused[size], got.fused[size])):
+        for output, values in ref.named().items():
+            want, have = values[size], got.named()[output][size]
             diff = np.abs(have - want).max(axis=1)
             worst[output] = max(worst[output], float(diff.max(initial=0.0)))
             if not diff.max(initial=0.0) <= tolerance:
@@ -221,6 +253,8 @@ def compare_fp32(name: str, ref: Reference, got: Outputs, tolerance: float) -> t
                                     f"(batch size {size}, text {row})")
     figures = {"max_abs_diff_fused": worst["fused_logits"], "max_abs_diff_ml": worst["ml_logits"],
                "tolerance": tolerance}
+    if "fused_logits (llm_present=0)" in worst:
+        figures["max_abs_diff_no_llm"] = worst["fused_logits (llm_present=0)"]
     return found, figures
 
 
@@ -253,9 +287,10 @@ def compare_reduced(name: str, ref: Reference, got: Outputs, multi_label: bool,
     agreement = float(same.mean()) if len(same) else 1.0
     fused_diff = max(float(np.abs(got.fused[s] - ref.fused[s]).max(initial=0.0)) for s in sizes)
     ml_diff = max(float(np.abs(got.ml[s] - ref.ml[s]).max(initial=0.0)) for s in sizes)
-    # ml_logits too: a row whose LLM score is missing is decided by them (on_llm_error="ml_only").
+    # the no-LLM answer too: the gate and on_llm_error="ml_only" decide rows without an LLM score by it.
+    no_llm_ref, no_llm_got = (ref.nollm, got.nollm) if ref.nollm and got.nollm else (ref.ml, got.ml)
     moved_fused = max(margin_change(ref.fused[s], got.fused[s], multi_label) for s in sizes)
-    moved_ml = max(margin_change(ref.ml[s], got.ml[s], multi_label) for s in sizes)
+    moved_ml = max(margin_change(no_llm_ref[s], no_llm_got[s], multi_label) for s in sizes)
     figures = {"agreement": agreement, "min_agreement": min_agreement, "max_abs_diff_fused": fused_diff,
                "max_abs_diff_ml": ml_diff, "max_margin_change_fused": moved_fused,
                "max_margin_change_ml": moved_ml, "n_texts": int(len(same)), "batch_sizes": sizes}
@@ -297,8 +332,8 @@ def served_agreement(ref: Reference, got: Outputs, multi_label: bool, thresholds
 def _shape_findings(name: str, ref: Reference, got: Outputs) -> Findings:
     found = Findings()
     for size in ref.fused:
-        for output, want, have in (("ml_logits", ref.ml[size], got.ml.get(size)),
-                                   ("fused_logits", ref.fused[size], got.fused.get(size))):
+        for output, values in ref.named().items():
+            want, have = values[size], got.named().get(output, {}).get(size)
             if have is None or have.shape != want.shape:
                 shape = None if have is None else have.shape
                 found.shapes.append(f"{name} {output}: shape {shape}, expected {want.shape} (batch size {size})")

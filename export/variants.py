@@ -1,4 +1,4 @@
-"""Reduced-precision variants of model.onnx: int8 (dynamic quantisation, CPU) and fp16 (CUDA).
+"""The int8 variant of encoder.onnx (dynamic quantisation, CPU); the fp16 one (CUDA) is export/fp16.py.
 
 int8: `quantize_dynamic(weight_type=QInt8, per_channel=True)` on the encoder's per-token MatMuls
 with constant weights (export.smoothing.smoothing_groups: the attention's activation-by-activation
@@ -6,8 +6,6 @@ MatMuls, the head and the fusion MLP stay fp32), optionally after SmoothQuant (e
 Per-channel weights: on a trained head they kept 99.6% agreement where per-tensor fell to 97%.
 `DefaultTensorType` lets the quantizer type the outputs of contrib ops, which ONNX shape inference
 cannot.
-fp16: ONNX Runtime's own float16 converter (no onnxconverter-common), with float32 inputs and
-outputs kept (`keep_io_types`), so the runtime feeds every variant the same arrays.
 """
 from __future__ import annotations
 
@@ -71,23 +69,10 @@ def quantize_int8(src: str | Path | onnx.ModelProto, dst: str | Path, *,
                              op_types_to_quantize=["MatMul"], nodes_to_quantize=names,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
     except Exception as e:  # noqa: BLE001 -- the quantizer raises plain RuntimeError/ValueError
-        raise ExportError(f"int8 quantisation of model.onnx failed: {_first_line(e)}") from e
+        raise ExportError(f"int8 quantisation of encoder.onnx failed: {_first_line(e)}") from e
     return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": True,
             "op_types": ["MatMul"], "matmul_const_b_only": True, "quantised_matmuls": len(names),
             "smoothquant_alpha": alpha}
-
-
-def convert_fp16(src: str | Path, dst: str | Path) -> dict[str, object]:
-    """Write the float16 model of `src` to `dst`, inputs and outputs kept float32."""
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    try:
-        model = OnnxModel(onnx.load(str(src)))
-        model.convert_float_to_float16(keep_io_types=True)
-        model.save_model_to_file(str(dst), use_external_data_format=False)
-    except Exception as e:  # noqa: BLE001 -- the converter raises plain exceptions
-        raise ExportError(f"fp16 conversion of model.onnx failed: {_first_line(e)}") from e
-    return {"method": "onnxruntime.transformers.float16", "keep_io_types": True}
 
 
 def _first_line(error: BaseException) -> str:

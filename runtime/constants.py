@@ -18,16 +18,23 @@ TOP_LOGPROBS = 20
 SCORE_EPS = 1e-6  # floor for log(score) in temperature scaling, train and serve alike
 
 # Bundle
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2  # format 2: component graphs (encoder, optional lexical), calibrator, fusion head
 ONNX_OPSET = 17
 MANIFEST_FILE = "manifest.json"
-MODEL_FILE = "model.onnx"
-MODEL_INT8_FILE = "model.int8.onnx"
-MODEL_FP16_FILE = "model.fp16.onnx"
+ENCODER_FILE = "encoder.onnx"
+ENCODER_INT8_FILE = "encoder.int8.onnx"
+ENCODER_FP16_FILE = "encoder.fp16.onnx"
+LEXICAL_FILE = "lexical.onnx"
+FUSION_FILE = "fusion.onnx"
 CALIBRATOR_FILE = "calibrator.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-INPUT_NAMES = ("input_ids", "attention_mask", "llm_scores")
-OUTPUT_NAMES = ("ml_logits", "fused_logits")
+ENCODER_INPUTS = ("input_ids", "attention_mask")  # encoder.onnx: int64 [B, T] each
+ENCODER_OUTPUT = "ml_logits"  # encoder.onnx: float32 [B, C]
+LEXICAL_INPUT = "text"  # lexical.onnx: string [B]
+LEXICAL_OUTPUT = "lexical_logits"  # lexical.onnx: float32 [B, C]
+LLM_PRESENT = "llm_present"  # fusion.onnx: float32 [B, 1], 1 where the row has LLM scores, else 0
+FUSED_OUTPUT = "fused_logits"  # fusion.onnx: float32 [B, C]
+REEXPORT_COMMAND = "fusion-export --model MODEL_DIR --output BUNDLE_DIR"
 FP32_PARITY_TOL = 1e-4
 REDUCED_PRECISION_MIN_AGREEMENT = 0.99
 DEFAULT_BATCH_SIZE = 32
@@ -36,7 +43,7 @@ DEFAULT_THRESHOLD = 0.5
 # LLM-score calibration (train side fits, calibrator.onnx serves)
 TEMPERATURE_BOUNDS = (0.01, 100.0)  # search range of the multi-class temperature T
 CALIBRATOR_INPUT = "llm_scores_raw"  # calibrator.onnx input: raw LLM scores float32 [B, C]
-CALIBRATOR_OUTPUT = "llm_scores"  # calibrator.onnx output: calibrated scores, model.onnx's input
+CALIBRATOR_OUTPUT = "llm_scores"  # calibrator.onnx output: calibrated scores, an input of fusion.onnx
 
 # LLM client (appended by the runtime.llm client)
 RETRY_AFTER_MAX_S = 60.0  # a server's Retry-After is honoured up to this many seconds

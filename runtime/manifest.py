@@ -23,12 +23,19 @@ from typing import Any
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import BundleError
+from textclassify.runtime.graph_io import GraphIOError, graph_io
 from textclassify.runtime.validation import is_int
 
 BUNDLE_FORMAT = "textclassify-bundle"
 TASKS = ("multi_class", "multi_label")
 VARIANTS = ("fp32", "int8", "fp16")
 PADDING_MODES = ("longest",)
+ROLES = ("component", "calibrator", "fusion")
+# Where a pipeline input comes from when no earlier graph makes it: the runtime provides these.
+RUNTIME_SOURCES = {"tokenizer.input_ids": "int64", "tokenizer.attention_mask": "int64", "texts": "string",
+                   "llm.scores": "float32", "llm.present": "float32"}
+DTYPES = ("float32", "int64", "string")
+GATE_RULES = {"multi_class": "top_probability", "multi_label": "label_distance"}
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few KiB; refuse to parse anything absurd
 _HASH_CHUNK = 1024 * 1024
 _VERIFY_THREADS = 2
@@ -54,6 +61,10 @@ class BundleManifest:
     variants: dict[str, str]
     llm: dict[str, Any]
     files: dict[str, dict[str, Any]]
+    # The graphs in run order (format 2): each {"name", "role", "file", "inputs", "outputs"}, inputs with "from".
+    pipeline: list[dict[str, Any]] = field(default_factory=list)
+    # Per-row gate: rows whose no-LLM confidence reaches it skip the LLM; None: every row asks the LLM.
+    gate_threshold: float | None = None
     # parity.int8.recheck_margin(_ml): int8 rows closer to a flip than this are rerun in fp32 (runtime.recheck);
     # the _ml one is for rows decided by ml_logits (no LLM score), and defaults to the other.
     int8_recheck_margin: float | None = None
@@ -64,6 +75,40 @@ class BundleManifest:
     @property
     def n_labels(self) -> int:
         return len(self.labels)
+
+    def step(self, role: str) -> dict[str, Any]:
+        """The first pipeline step with this role."""
+        return next(s for s in self.pipeline if s["role"] == role)
+
+    @property
+    def components(self) -> list[dict[str, Any]]:
+        return [s for s in self.pipeline if s["role"] == "component"]
+
+
+def standard_pipeline(n_labels: int, *, lexical: bool = False,
+                      encoder_file: str = K.ENCODER_FILE) -> list[dict[str, Any]]:
+    """The manifest's 'pipeline' for encoder [+ lexical] -> calibrator -> fusion, as export writes it."""
+    logits = {"dtype": "float32", "shape": ["batch", n_labels]}
+    steps: list[dict[str, Any]] = [{
+        "name": "encoder", "role": "component", "file": encoder_file,
+        "inputs": {name: {"dtype": "int64", "shape": ["batch", "sequence"], "from": f"tokenizer.{name}"}
+                   for name in K.ENCODER_INPUTS},
+        "outputs": {K.ENCODER_OUTPUT: dict(logits)},
+    }]
+    fusion_inputs: dict[str, Any] = {K.ENCODER_OUTPUT: {**logits, "from": f"encoder.{K.ENCODER_OUTPUT}"}}
+    if lexical:
+        steps.append({"name": "lexical", "role": "component", "file": K.LEXICAL_FILE,
+                      "inputs": {K.LEXICAL_INPUT: {"dtype": "string", "shape": ["batch"], "from": "texts"}},
+                      "outputs": {K.LEXICAL_OUTPUT: dict(logits)}})
+        fusion_inputs[K.LEXICAL_OUTPUT] = {**logits, "from": f"lexical.{K.LEXICAL_OUTPUT}"}
+    steps.append({"name": "calibrator", "role": "calibrator", "file": K.CALIBRATOR_FILE,
+                  "inputs": {K.CALIBRATOR_INPUT: {**logits, "from": "llm.scores"}},
+                  "outputs": {K.CALIBRATOR_OUTPUT: dict(logits)}})
+    fusion_inputs[K.CALIBRATOR_OUTPUT] = {**logits, "from": f"calibrator.{K.CALIBRATOR_OUTPUT}"}
+    fusion_inputs[K.LLM_PRESENT] = {"dtype": "float32", "shape": ["batch", 1], "from": "llm.present"}
+    steps.append({"name": "fusion", "role": "fusion", "file": K.FUSION_FILE, "inputs": fusion_inputs,
+                  "outputs": {K.FUSED_OUTPUT: dict(logits)}})
+    return steps
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -86,7 +131,32 @@ def load_manifest(bundle_dir: str | os.PathLike[str]) -> BundleManifest:
         pending = {name: pool.submit(_verify_file, directory, name, entry) for name, entry in largest_first}
         for name in manifest.files:
             manifest.stamps[name] = pending[name].result()
+    _check_graph_io(manifest)
     return manifest
+
+
+def _check_graph_io(manifest: BundleManifest) -> None:
+    """Each pipeline graph (and each encoder variant) declares exactly the inputs and outputs the manifest says."""
+    checks = [(i, step, step["file"], f"pipeline[{i}]") for i, step in enumerate(manifest.pipeline)]
+    encoder = next((i for i, s in enumerate(manifest.pipeline) if s["name"] == "encoder"), None)
+    if encoder is not None:
+        for key, name in manifest.variants.items():
+            if name != manifest.pipeline[encoder]["file"]:
+                checks.append((encoder, manifest.pipeline[encoder], name, f"variants.{key}"))
+    for _, step, name, where in checks:
+        try:
+            have_in, have_out = graph_io(_safe_path(manifest.directory, name))
+        except (GraphIOError, OSError) as e:
+            raise BundleError(f"{name} ({where}): not a readable ONNX graph ({e}).") from None
+        for kind, have in (("inputs", have_in), ("outputs", have_out)):
+            want = {key: spec["dtype"] for key, spec in step[kind].items()}
+            if sorted(have) != sorted(want):
+                raise BundleError(f"{name}: the graph's {kind} {sorted(have)} differ from {K.MANIFEST_FILE} "
+                                  f"'{where}.{kind}' {sorted(want)}.")
+            for key, dtype in want.items():
+                if have[key] != dtype:
+                    raise BundleError(f"{name}: the graph's {kind[:-1]} {key!r} is {have[key]}, but {K.MANIFEST_FILE} "
+                                      f"'{where}.{kind}.{key}.dtype' says {dtype}.")
 
 
 def read_verified(manifest: BundleManifest, name: str) -> bytes:
@@ -185,6 +255,8 @@ def _read_manifest_json(directory: Path) -> dict[str, Any]:
         raw = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as e:
         raise BundleError(f"{K.MANIFEST_FILE} is not valid UTF-8 ({e.reason} at byte {e.start}).") from None
+    except RecursionError:  # json's decoder recurses per level: 200,000 nested arrays exhaust the stack
+        raise BundleError(f"{K.MANIFEST_FILE}: nested too deeply.") from None
     except json.JSONDecodeError as e:
         raise BundleError(f"{K.MANIFEST_FILE} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}).") \
             from None
@@ -206,6 +278,12 @@ def _parse(directory: Path, raw: dict[str, Any]) -> BundleManifest:
     version = raw.get("format_version")
     if not is_int(version) or version < 1:
         raise BundleError(f"{K.MANIFEST_FILE}: 'format_version' must be a positive int (got {version!r}).")
+    if version < K.BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"{K.MANIFEST_FILE}: format_version {version} is an older bundle format (one model.onnx graph) that "
+            f"this textclassify no longer serves; re-export it from its saved model with "
+            f"`{K.REEXPORT_COMMAND}`."
+        )
     if version > K.BUNDLE_FORMAT_VERSION:
         raise BundleError(
             f"{K.MANIFEST_FILE}: format_version {version} is newer than this textclassify supports "
@@ -217,14 +295,21 @@ def _parse(directory: Path, raw: dict[str, Any]) -> BundleManifest:
     labels = _labels(raw)
     files = _files(raw)
     tokenizer = _block(raw, "tokenizer", {"file": str})
-    calibrator = _block(raw, "calibrator", {"file": str, "input": str, "output": str})
     variants = _variants(raw)
-    required = {"tokenizer.file": tokenizer["file"], "calibrator.file": calibrator["file"],
-                **{f"variants.{k}": v for k, v in variants.items()}}
+    pipeline = _pipeline(raw, len(labels))
+    required = {"tokenizer.file": tokenizer["file"], **{f"variants.{k}": v for k, v in variants.items()},
+                **{f"pipeline[{i}].file": step["file"] for i, step in enumerate(pipeline)}}
     for where, name in required.items():
         if name not in files:
             raise BundleError(f"{name} ({where}) is not listed in {K.MANIFEST_FILE} 'files'; "
                               "refusing an unverified file.")
+    encoder = next((s for s in pipeline if s["name"] == "encoder"), None)
+    if encoder is None or encoder["file"] != variants["fp32"]:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'variants.fp32' ({variants['fp32']!r}) must be the file of the "
+                          f"pipeline's 'encoder' graph (got {None if encoder is None else encoder['file']!r}).")
+    cal = next(s for s in pipeline if s["role"] == "calibrator")
+    calibrator = {"file": cal["file"], "input": next(iter(cal["inputs"])), "output": next(iter(cal["outputs"])),
+                  **({"kind": raw["calibrator"].get("kind")} if isinstance(raw.get("calibrator"), dict) else {})}
     max_length = raw.get("max_length")
     if not is_int(max_length) or max_length < 2:
         raise BundleError(f"{K.MANIFEST_FILE}: 'max_length' must be an int >= 2 (got {max_length!r}).")
@@ -236,9 +321,106 @@ def _parse(directory: Path, raw: dict[str, Any]) -> BundleManifest:
         directory=directory, raw=raw, format_version=version, multi_label=task == "multi_label",
         labels=labels, thresholds=_thresholds(raw, len(labels)), max_length=max_length, tokenizer=tokenizer,
         calibrator=calibrator, variants=variants, llm=_block(raw, "llm", {"provider": str}), files=files,
+        pipeline=pipeline, gate_threshold=_gate(raw, task),
         int8_recheck_margin=_recheck_margin(raw, "recheck_margin") if "int8" in variants else None,
         int8_recheck_margin_ml=_recheck_margin(raw, "recheck_margin_ml") if "int8" in variants else None,
     )
+
+
+def _gate(raw: dict[str, Any], task: str) -> float | None:
+    """gate.threshold: a number in [0, 1], or null (or no gate block): every row asks the LLM."""
+    gate = raw.get("gate")
+    if gate is None:
+        return None
+    if not isinstance(gate, dict):
+        raise BundleError(f"{K.MANIFEST_FILE}: 'gate' must be an object or null (got {gate!r}).")
+    rule = gate.get("rule", GATE_RULES[task])
+    if rule != GATE_RULES[task]:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'gate.rule' must be {GATE_RULES[task]!r} for a {task} bundle "
+                          f"(got {rule!r}).")
+    value = gate.get("threshold")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.0 <= value <= 1.0:
+        raise BundleError(f"{K.MANIFEST_FILE}: 'gate.threshold' must be a number in [0, 1] or null (got {value!r}).")
+    return float(value)
+
+
+def _pipeline(raw: dict[str, Any], n_labels: int) -> list[dict[str, Any]]:
+    """The pipeline's graphs in run order: components, then the calibrator, then the fusion graph last."""
+    steps = _field(raw, "pipeline", list)
+    where = f"{K.MANIFEST_FILE}: 'pipeline"
+    if not steps:
+        raise BundleError(f"{where}' must list the bundle's graphs (got an empty list).")
+    made: dict[str, str] = dict(RUNTIME_SOURCES)  # source -> dtype, growing with each step's outputs
+    roles: list[str] = []
+    names: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for i, step in enumerate(steps):
+        at = f"{where}[{i}]"
+        if not isinstance(step, dict):
+            raise BundleError(f"{at}' must be an object (got {step!r}).")
+        for key in ("name", "role", "file"):
+            if not isinstance(step.get(key), str) or not step[key]:
+                raise BundleError(f"{at}.{key}' must be a non-empty string (got {step.get(key)!r}).")
+        name, role = step["name"], step["role"]
+        if role not in ROLES:
+            raise BundleError(f"{at}.role' must be one of {list(ROLES)} (got {role!r}).")
+        if name in names or name in ("tokenizer", "llm", "texts"):
+            raise BundleError(f"{at}.name' {name!r} is used twice or is reserved.")
+        names.add(name)
+        _check_name(step["file"])
+        inputs = _io(step, "inputs", at, n_labels, needs_source=True)
+        outputs = _io(step, "outputs", at, n_labels, needs_source=False)
+        allowed = {"component": ("tokenizer.input_ids", "tokenizer.attention_mask", "texts"),
+                   "calibrator": ("llm.scores",), "fusion": None}[role]
+        for key, spec in inputs.items():
+            source = spec["from"]
+            if source not in made or (allowed is not None and source not in allowed)                     or (role == "fusion" and source in ("tokenizer.input_ids", "tokenizer.attention_mask", "texts",
+                                                        "llm.scores")):
+                raise BundleError(f"{at}.inputs.{key}.from' {source!r} is not something this step can read "
+                                  f"(a {role} reads {list(allowed) if allowed else 'earlier graphs outputs and llm.present'}).")
+            if made[source] != spec["dtype"]:
+                raise BundleError(f"{at}.inputs.{key}.dtype' is {spec['dtype']!r} but {source!r} is {made[source]!r}.")
+        if len(outputs) != 1 or next(iter(outputs.values()))["dtype"] != "float32":
+            raise BundleError(f"{at}.outputs' must name exactly one float32 output (got {list(outputs)}).")
+        if role == "calibrator" and len(inputs) != 1:
+            raise BundleError(f"{at}.inputs' of the calibrator must be its one input from 'llm.scores'.")
+        if role == "fusion":
+            sources = {spec["from"] for spec in inputs.values()}
+            if "llm.present" not in sources or not any(s.split(".")[0] in
+                                                       [o["name"] for o in out if o["role"] == "calibrator"]
+                                                       for s in sources):
+                raise BundleError(f"{at}.inputs' of the fusion graph must read 'llm.present' and the calibrator's "
+                                  "output.")
+        made.update({f"{name}.{key}": spec["dtype"] for key, spec in outputs.items()})
+        roles.append(role)
+        out.append({"name": name, "role": role, "file": step["file"], "inputs": inputs, "outputs": outputs})
+    n_comp = roles.count("component")
+    if n_comp < 1 or roles != ["component"] * n_comp + ["calibrator", "fusion"]:
+        raise BundleError(f"{where}' must run its component graphs, then one calibrator, then one fusion graph "
+                          f"(got roles {roles}).")
+    return out
+
+
+def _io(step: dict[str, Any], kind: str, at: str, n_labels: int, *, needs_source: bool) -> dict[str, dict[str, Any]]:
+    block = step.get(kind)
+    if not isinstance(block, dict) or not block:
+        raise BundleError(f"{at}.{kind}' must be a non-empty object of tensor names (got {block!r}).")
+    out: dict[str, dict[str, Any]] = {}
+    for key, spec in block.items():
+        if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES or not isinstance(spec.get("shape"), list):
+            raise BundleError(f"{at}.{kind}.{key}' must be an object with a 'dtype' in {list(DTYPES)} and a "
+                              f"'shape' list (got {spec!r}).")
+        if needs_source and not isinstance(spec.get("from"), str):
+            raise BundleError(f"{at}.{kind}.{key}.from' must name where the input comes from (got "
+                              f"{spec.get('from')!r}).")
+        shape = spec["shape"]
+        if kind == "outputs" and shape != ["batch", n_labels]:
+            raise BundleError(f"{at}.{kind}.{key}.shape' must be ['batch', {n_labels}] (got {shape!r}).")
+        out[key] = dict(spec)
+    return out
 
 
 def _recheck_margin(raw: dict[str, Any], key: str) -> float | None:

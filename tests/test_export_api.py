@@ -55,8 +55,8 @@ def leftovers(parent: Path) -> list[str]:
 
 
 def shift_output_bias(graph: onnx.ModelProto, delta: float) -> None:
-    """Perturb the fusion MLP's output bias (it moves fused_logits only, not ml_logits)."""
-    (bias,) = [t for t in graph.graph.initializer if t.name.endswith("mlp.net.6.bias")]
+    """Perturb a graph's output bias: the fusion head's (moves fused_logits only) or the encoder head's."""
+    (bias,) = [t for t in graph.graph.initializer if t.name.endswith(("net.6.bias", "out_proj.bias"))]
     values = onnx.numpy_helper.to_array(bias) + np.float32(delta)
     bias.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), bias.name))
 
@@ -64,17 +64,23 @@ def shift_output_bias(graph: onnx.ModelProto, delta: float) -> None:
 def test_multiclass_bundle_has_contract_files_and_manifest(mc_bundle, mc_model):
     """A multi-class bundle holds exactly the contract's files and a manifest the runtime verifies."""
     assert sorted(p.name for p in mc_bundle.iterdir()) == sorted(
-        [K.MANIFEST_FILE, K.MODEL_FILE, K.MODEL_INT8_FILE, K.CALIBRATOR_FILE, K.TOKENIZER_FILE])
+        [K.MANIFEST_FILE, K.ENCODER_FILE, K.ENCODER_INT8_FILE, K.FUSION_FILE, K.CALIBRATOR_FILE, K.TOKENIZER_FILE])
     man = manifest_of(mc_bundle)
-    assert (man["format"], man["format_version"], man["task"]) == ("textclassify-bundle", 1, "multi_class")
+    assert (man["format"], man["format_version"], man["task"]) == ("textclassify-bundle", 2, "multi_class")
     assert man["labels"] == LABELS and man["thresholds"] is None and man["max_length"] == 64
-    assert man["inputs"] == {"input_ids": {"dtype": "int64", "shape": ["batch", "sequence"]},
-                             "attention_mask": {"dtype": "int64", "shape": ["batch", "sequence"]},
-                             "llm_scores": {"dtype": "float32", "shape": ["batch", 3]}}
-    assert man["outputs"] == {name: {"dtype": "float32", "shape": ["batch", 3]} for name in K.OUTPUT_NAMES}
-    assert man["calibrator"] == {"file": "calibrator.onnx", "input": "llm_scores_raw", "output": "llm_scores",
-                                 "kind": "temperature"}
-    assert man["variants"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    steps = man["pipeline"]
+    assert [(s["name"], s["role"], s["file"]) for s in steps] == [
+        ("encoder", "component", "encoder.onnx"), ("calibrator", "calibrator", "calibrator.onnx"),
+        ("fusion", "fusion", "fusion.onnx")]
+    assert steps[0]["inputs"] == {"input_ids": {"dtype": "int64", "shape": ["batch", "sequence"],
+                                                "from": "tokenizer.input_ids"},
+                                  "attention_mask": {"dtype": "int64", "shape": ["batch", "sequence"],
+                                                     "from": "tokenizer.attention_mask"}}
+    assert steps[2]["inputs"]["llm_present"] == {"dtype": "float32", "shape": ["batch", 1], "from": "llm.present"}
+    assert steps[2]["outputs"] == {"fused_logits": {"dtype": "float32", "shape": ["batch", 3]}}
+    assert man["calibrator"] == {"kind": "temperature"}
+    assert man["gate"] == {"rule": "top_probability", "threshold": None}
+    assert man["variants"] == {"fp32": "encoder.onnx", "int8": "encoder.int8.onnx"}
     assert man["tokenizer"]["pad_token"] == "<pad>" and man["tokenizer"]["pad_token_id"] == 1
     assert (man["tokenizer"]["truncation"], man["tokenizer"]["padding"]) == (True, "longest")
     assert man["llm"] == mc_model.llm_settings_.to_dict()
@@ -89,17 +95,18 @@ def test_multiclass_bundle_has_contract_files_and_manifest(mc_bundle, mc_model):
 
 
 def test_multilabel_bundle_records_thresholds_isotonic_and_fp16(ml_bundle):
-    """A multi-label bundle carries per-label thresholds, the isotonic calibrator and a validated fp16 graph."""
+    """A multi-label bundle carries per-label thresholds, the isotonic calibrator and an fp16 graph checked on CPU
+    (passed, but recorded as not validated: the CPU provider computes it in fp32)."""
     man = manifest_of(ml_bundle)
     assert man["task"] == "multi_label" and man["thresholds"] == [0.5, 0.5, 0.5]
     assert man["calibrator"]["kind"] == "isotonic"
-    assert man["variants"] == {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+    assert man["variants"] == {"fp32": "encoder.onnx", "int8": "encoder.int8.onnx", "fp16": "encoder.fp16.onnx"}
     fp16 = man["parity"]["fp16"]
-    assert fp16["validated"] is True and fp16["provider"] == "CPUExecutionProvider"
+    assert (fp16["validated"], fp16["checked_on"], fp16["provider"]) == (False, "cpu", "CPUExecutionProvider")
     assert fp16["agreement"] >= K.REDUCED_PRECISION_MIN_AGREEMENT
-    graph = onnx.load(str(ml_bundle / K.MODEL_FP16_FILE))
+    graph = onnx.load(str(ml_bundle / K.ENCODER_FP16_FILE))
     io_types = {v.name: v.type.tensor_type.elem_type for v in [*graph.graph.input, *graph.graph.output]}
-    assert io_types["llm_scores"] == io_types["fused_logits"] == onnx.TensorProto.FLOAT  # keep_io_types
+    assert io_types["ml_logits"] == onnx.TensorProto.FLOAT  # keep_io_types
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
     load_manifest(ml_bundle)
 
@@ -112,6 +119,7 @@ def test_parity_figures_are_recorded(which, request):
     assert fp32["batch_sizes"] == [1, 7] and fp32["n_texts"] == 41 and fp32["truncated_texts"] >= 1
     assert 0 <= fp32["max_abs_diff_fused"] <= K.FP32_PARITY_TOL
     assert 0 <= fp32["max_abs_diff_ml"] <= K.FP32_PARITY_TOL
+    assert 0 <= fp32["max_abs_diff_no_llm"] <= K.FP32_PARITY_TOL
     assert 0 <= parity["calibrator"]["max_abs_diff"] <= K.FP32_PARITY_TOL
     int8 = parity["int8"]
     assert int8["n_texts"] == 41 and int8["batch_sizes"] == [1, 7]
@@ -120,7 +128,7 @@ def test_parity_figures_are_recorded(which, request):
 
 
 def test_int8_agreement_matches_an_independent_check(mc_bundle, mc_model):
-    """Running model.int8.onnx by hand on fresh texts agrees with PyTorch as the manifest claims."""
+    """Running encoder.int8.onnx then fusion.onnx by hand on fresh texts agrees with PyTorch as the manifest claims."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -132,22 +140,27 @@ def test_int8_agreement_matches_an_independent_check(mc_bundle, mc_model):
     tok = Tokenizer.from_file(str(mc_bundle / K.TOKENIZER_FILE))  # carries its own truncation and padding
     batch = tok.encode_batch(texts)
     feeds = {"input_ids": np.array([e.ids for e in batch], dtype=np.int64),
-             "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64),
-             "llm_scores": calibrated}
-    int8 = ort.InferenceSession(str(mc_bundle / K.MODEL_INT8_FILE), providers=["CPUExecutionProvider"])
-    fp32 = ort.InferenceSession(str(mc_bundle / K.MODEL_FILE), providers=["CPUExecutionProvider"])
-    assert np.abs(fp32.run(["fused_logits"], feeds)[0] - want.numpy()).max() < K.FP32_PARITY_TOL
-    agreement = (int8.run(["fused_logits"], feeds)[0].argmax(1) == want.numpy().argmax(1)).mean()
+             "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64)}
+    int8 = ort.InferenceSession(str(mc_bundle / K.ENCODER_INT8_FILE), providers=["CPUExecutionProvider"])
+    fp32 = ort.InferenceSession(str(mc_bundle / K.ENCODER_FILE), providers=["CPUExecutionProvider"])
+    fusion = ort.InferenceSession(str(mc_bundle / K.FUSION_FILE), providers=["CPUExecutionProvider"])
+
+    def fused(encoder):
+        ml = encoder.run(["ml_logits"], feeds)[0]
+        return fusion.run(["fused_logits"], model_onnx.fusion_feeds(ml, calibrated, np.ones(len(ml))))[0]
+
+    assert np.abs(fused(fp32) - want.numpy()).max() < K.FP32_PARITY_TOL
+    agreement = (fused(int8).argmax(1) == want.numpy().argmax(1)).mean()
     assert agreement >= 0.98
 
 
 def test_optimised_graph_is_kept_when_parity_holds(mc_bundle):
-    """ONNX Runtime's optimizer fused attention, parity held, and model.onnx is the fused graph."""
+    """ONNX Runtime's optimizer fused attention, parity held, and encoder.onnx is the fused graph."""
     man = manifest_of(mc_bundle)
     opt = man["graph"]["optimization"]
     assert opt["applied"] is True and opt["kept"] is True and opt["model_type"] == "bert"
     assert opt["fused_operators"]["Attention"] == 2 and man["parity"]["fp32"]["graph"] == "optimized"
-    ops = {n.op_type for n in onnx.load(str(mc_bundle / K.MODEL_FILE)).graph.node}
+    ops = {n.op_type for n in onnx.load(str(mc_bundle / K.ENCODER_FILE)).graph.node}
     assert "Attention" in ops and man["graph"]["attention"] == "eager"
     assert "SkipLayerNormalization" not in ops and opt["disabled_fusions"] == ["enable_skip_layer_norm",
                                                                               "enable_bias_skip_layer_norm"]
@@ -162,8 +175,8 @@ def test_int8_is_the_smoothquant_strength_closest_to_pytorch(mc_bundle):
     chosen = "none" if int8["smoothquant_alpha"] is None else str(int8["smoothquant_alpha"])
     assert errors[chosen] == min(errors.values())
     assert int8["source_graph"] == "plain" and int8["matmul_const_b_only"] is True
-    ops = [n.op_type for n in onnx.load(str(mc_bundle / K.MODEL_INT8_FILE)).graph.node]
-    # 2 layers x Q, K, V, attention out, FFN in, FFN out; the pooled head and the fusion MLP stay float
+    ops = [n.op_type for n in onnx.load(str(mc_bundle / K.ENCODER_INT8_FILE)).graph.node]
+    # 2 layers x Q, K, V, attention out, FFN in, FFN out; the pooled head stays float
     assert "Attention" not in ops and ops.count("MatMulInteger") == 2 * 6 == int8["quantised_matmuls"]
     assert ops.count("MatMul") >= 2 * 2  # the attention's scores and context stay float too
     parity = manifest_of(mc_bundle)["parity"]["int8"]
@@ -185,7 +198,7 @@ def test_int8_candidates_that_cannot_run_ship_the_unsmoothed_graph(mc_model, tmp
     written: list[str] = []
 
     def no_candidates(path, *args, **kwargs):
-        if Path(path).name.startswith("model.int8.alpha-"):
+        if Path(path).name.startswith("encoder.int8.alpha-"):
             raise RuntimeError("no kernel for this candidate")
         return real_open(path, *args, **kwargs)
 
@@ -200,7 +213,7 @@ def test_int8_candidates_that_cannot_run_ship_the_unsmoothed_graph(mc_model, tmp
     assert int8["smoothquant_alpha"] is None
     assert set(int8["smoothquant_tried"]) == {"none", "0.6", "0.75", "0.9"}
     assert all(v == "could not run: no kernel for this candidate" for v in int8["smoothquant_tried"].values())
-    assert written == [f"model.int8.alpha-{a}.onnx" for a in ("none", "0.6", "0.75", "0.9")]  # "none" once
+    assert written == [f"encoder.int8.alpha-{a}.onnx" for a in ("none", "0.6", "0.75", "0.9")]  # "none" once
 
 
 def test_optimised_graph_failing_parity_falls_back_to_plain(mc_model, tmp_path, monkeypatch):
@@ -219,8 +232,9 @@ def test_optimised_graph_failing_parity_falls_back_to_plain(mc_model, tmp_path, 
     man = manifest_of(bundle)
     opt = man["graph"]["optimization"]
     assert opt["applied"] is True and opt["kept"] is False and man["parity"]["fp32"]["graph"] == "plain"
-    assert opt["rejected"].startswith("parity failed on the optimised graph: model.onnx (optimised) fused_logits:")
-    assert "Attention" not in {n.op_type for n in onnx.load(str(bundle / K.MODEL_FILE)).graph.node}
+    assert opt["rejected"].startswith("parity failed on the optimised graph: encoder.onnx + fusion.onnx "
+                                      "(optimised encoder) ml_logits:")
+    assert "Attention" not in {n.op_type for n in onnx.load(str(bundle / K.ENCODER_FILE)).graph.node}
     assert man["parity"]["fp32"]["max_abs_diff_fused"] <= K.FP32_PARITY_TOL
 
 
@@ -233,7 +247,8 @@ def test_refused_export_writes_nothing(mc_model, tmp_path, monkeypatch):
     message = str(info.value)
     assert message.startswith(f"Export refused, nothing written to {str(target)!r}: the ONNX bundle does not "
                               "match PyTorch (")
-    assert "model.onnx fused_logits: max |diff| " in message and "> 0 (batch size 1, text " in message
+    assert "encoder.onnx + fusion.onnx fused_logits: max |diff| " in message
+    assert "> 0 (batch size 1, text " in message
     assert "\n" not in message
     assert not target.exists() and leftovers(tmp_path) == []
 
@@ -243,19 +258,18 @@ def test_refused_export_keeps_the_previous_bundle(mc_model, mc_bundle, tmp_path,
     target = tmp_path / "bundle"
     shutil.copytree(mc_bundle, target)
     before = tree(target)
-    real = model_onnx.export_model_onnx
+    real = model_onnx.export_fusion_onnx
 
     def perturbed(*args, **kwargs):
         facts = real(*args, **kwargs)
-        graph = onnx.load(str(args[2]))
+        graph = onnx.load(str(args[1]))
         shift_output_bias(graph, 0.01)
-        onnx.save(graph, str(args[2]))
+        onnx.save(graph, str(args[1]))
         return facts
 
-    monkeypatch.setattr(model_onnx, "export_model_onnx", perturbed)
-    with pytest.raises(ExportError, match=r"model\.onnx fused_logits: max \|diff\| 0\.01 > 0\.0001 \(batch size 1,"
-                                          r" text \d+\); model\.onnx fused_logits: max \|diff\| 0\.01 > 0\.0001 "
-                                          r"\(batch size 7, text \d+\)$"):
+    monkeypatch.setattr(model_onnx, "export_fusion_onnx", perturbed)
+    with pytest.raises(ExportError, match=r"encoder\.onnx \+ fusion\.onnx fused_logits: max \|diff\| 0\.01 > "
+                                          r"0\.0001 \(batch size 1, text \d+\)"):
         export_bundle(mc_model, target, int8=True, progress=False)
     assert tree(target) == before and leftovers(tmp_path) == []
 
@@ -263,7 +277,7 @@ def test_refused_export_keeps_the_previous_bundle(mc_model, mc_bundle, tmp_path,
 def test_low_int8_agreement_is_refused(mc_model, tmp_path, monkeypatch):
     """A reduced-precision variant below the agreement floor refuses the whole bundle."""
     monkeypatch.setattr(K, "REDUCED_PRECISION_MIN_AGREEMENT", 1.01)
-    with pytest.raises(ExportError, match=r"model\.int8\.onnx: prediction agreement with PyTorch 100\.00% < 101% "
+    with pytest.raises(ExportError, match=r"encoder\.int8\.onnx: prediction agreement with PyTorch 100\.00% < 101% "
                                           r"\(with the fp32 recheck of close calls; int8 alone 100\.00%: "
                                           r"0 of 41 texts differ; max \|fused diff\| "):
         export_bundle(mc_model, tmp_path / "b", int8=True, progress=False)
@@ -278,7 +292,7 @@ def test_export_replaces_an_existing_bundle(mc_model, mc_bundle, tmp_path):
     export_bundle(mc_model, target, max_length=32, texts=texts, raw_llm_scores=raw_scores(texts, LABELS, False),
                   progress=False)
     man = manifest_of(target)
-    assert K.MODEL_INT8_FILE not in man["variants"] and not (target / K.MODEL_INT8_FILE).exists()
+    assert K.ENCODER_INT8_FILE not in man["variants"] and not (target / K.ENCODER_INT8_FILE).exists()
     assert man["max_length"] == 32 and man["parity"]["fp32"]["n_texts"] == 10
     assert json.loads((target / K.TOKENIZER_FILE).read_text())["truncation"]["max_length"] == 32
     assert leftovers(tmp_path) == []

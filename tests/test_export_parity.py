@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from textclassify.export.model_onnx import GraphSpec
+from textclassify.export.model_onnx import encoder_spec
 from textclassify.export.parity import (
     Outputs,
     Reference,
@@ -79,13 +79,12 @@ def test_shape_mismatch_comes_before_values():
 
 def test_names_and_types_are_checked_against_the_spec():
     """Missing inputs and wrong dtypes are name findings, listed first."""
-    session = FakeSession({"input_ids": "tensor(int64)", "attention_mask": "tensor(int32)",
-                           "llm_scores": "tensor(float)"},
+    session = FakeSession({"input_ids": "tensor(int64)", "attention_mask": "tensor(int32)"},
                           {"ml_logits": "tensor(float)", "logits": "tensor(float)"})
-    found = check_signature(session, "model.onnx", GraphSpec())
+    found = check_signature(session, "encoder.onnx", encoder_spec())
     assert found.names == [
-        "model.onnx: input 'attention_mask' has type tensor(int32), expected tensor(int64)",
-        "model.onnx: outputs ['logits', 'ml_logits'], expected ['fused_logits', 'ml_logits']",
+        "encoder.onnx: input 'attention_mask' has type tensor(int32), expected tensor(int64)",
+        "encoder.onnx: outputs ['logits', 'ml_logits'], expected ['ml_logits']",
     ]
 
 

@@ -12,7 +12,14 @@ from tokenizers import Tokenizer
 
 from tests.support.data import make_tickets
 from tests.support.llm_server import FakeLLMServer
-from tests.support.toy_bundle import ToyWeights, read_manifest, toy_reference, write_manifest, write_toy_bundle
+from tests.support.toy_bundle import (
+    ToyWeights,
+    read_manifest,
+    toy_no_llm,
+    toy_reference,
+    write_manifest,
+    write_toy_bundle,
+)
 from textclassify.runtime import load_bundle
 from textclassify.runtime.decoding import logits_to_probabilities
 from textclassify.runtime.errors import BundleError, ConfigError, DataError, LLMError
@@ -53,11 +60,12 @@ def _free_port_url() -> str:
 
 def _expected(bundle_dir: Path, weights: ToyWeights, texts: list[str], raw: np.ndarray,
               multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Reference probabilities (fused) and ML-only probabilities, all texts padded together in input order."""
+    """Reference probabilities (fused) and the fusion head's no-LLM probabilities, in input order."""
     tok = BundleTokenizer(Tokenizer.from_file(str(bundle_dir / "tokenizer.json")), 32, 1)
     ids, mask = tok(texts)
-    ml, fused = toy_reference(weights, ids, mask, raw)
-    return logits_to_probabilities(fused, multi_label), logits_to_probabilities(ml, multi_label)
+    _, fused = toy_reference(weights, ids, mask, raw)
+    no_llm = toy_no_llm(weights, ids, mask)
+    return logits_to_probabilities(fused, multi_label), logits_to_probabilities(no_llm, multi_label)
 
 
 def _raw_scores(server: FakeLLMServer, texts: list[str], multi_label: bool, cache: Path) -> np.ndarray:
@@ -151,7 +159,7 @@ def test_batch_size_does_not_change_answers(toy, llm_server: FakeLLMServer, tmp_
 
 
 def test_ml_only_with_llm_down(toy, tmp_path: Path) -> None:
-    """With nothing listening, ml_only answers every row from ml_logits and flags each as degraded."""
+    """With nothing listening, ml_only answers every row with the head's no-LLM path and flags each as degraded."""
     path, weights = toy
     with load_bundle(path, llm_base_url=_free_port_url(), cache_dir=tmp_path, on_llm_error="ml_only") as bundle:
         result = bundle.predict(TEXTS[:7])
@@ -272,10 +280,10 @@ def test_tampered_bundle_refused_before_onnxruntime(toy, tmp_path: Path, monkeyp
     monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: opened.append(a))
     bad = tmp_path / "bundle"
     shutil.copytree(toy[0], bad)
-    data = bytearray((bad / "model.onnx").read_bytes())
+    data = bytearray((bad / "encoder.onnx").read_bytes())
     data[100] ^= 0x55
-    (bad / "model.onnx").write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=r"^model.onnx: sha256 differs"):
+    (bad / "encoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"^encoder.onnx: sha256 differs"):
         load_bundle(bad, cache_dir=tmp_path)
     assert opened == []
 
@@ -292,15 +300,15 @@ def test_llm_settings_come_from_manifest(toy, tmp_path: Path) -> None:
 
 
 def test_wrong_graph_outputs_refused(toy, tmp_path: Path) -> None:
-    """A model.onnx that is really the calibrator (valid hash) is refused for its missing inputs."""
+    """An encoder.onnx that is really the calibrator (valid hash) is refused for its inputs, naming the field."""
     bad = tmp_path / "bundle"
     shutil.copytree(toy[0], bad)
-    shutil.copyfile(bad / "calibrator.onnx", bad / "model.onnx")
+    shutil.copyfile(bad / "calibrator.onnx", bad / "encoder.onnx")
     write_manifest(bad, read_manifest(bad))
     with pytest.raises(BundleError) as e:
         load_bundle(bad, cache_dir=tmp_path)
-    assert str(e.value) == ("model.onnx: the graph has no input ['input_ids', 'attention_mask', 'llm_scores'] "
-                            "(its inputs: ['llm_scores_raw']).")
+    assert str(e.value) == ("encoder.onnx: the graph's inputs ['llm_scores_raw'] differ from manifest.json "
+                            "'pipeline[0].inputs' ['attention_mask', 'input_ids'].")
 
 
 def test_repr_and_manifest(toy, tmp_path: Path) -> None:
@@ -311,31 +319,6 @@ def test_repr_and_manifest(toy, tmp_path: Path) -> None:
         m = bundle.manifest
         m["labels"] = []
         assert bundle.manifest["labels"] == LABELS and bundle.labels == LABELS
-
-
-@pytest.fixture
-def fake_gpu_build(monkeypatch: pytest.MonkeyPatch) -> None:
-    """onnxruntime claims CUDA, but sessions get CPU: what onnxruntime-gpu does on a machine without a GPU."""
-    import onnxruntime
-
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
-                                                                         "CPUExecutionProvider"])
-
-
-@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")
-def test_cuda_fallback_reported(toy, tiny_roberta_dir: str, tmp_path: Path, fake_gpu_build: None) -> None:
-    """When CUDA silently falls back: 'auto' serves fp32 on CPU and says so; 'cuda' is a clear error."""
-    fp16 = tmp_path / "fp16"
-    write_toy_bundle(fp16, Path(tiny_roberta_dir) / "tokenizer.json", labels=LABELS, multi_label=False, llm=LLM,
-                     max_length=32, extra_variants=("fp16",))
-    with load_bundle(fp16, cache_dir=tmp_path) as bundle:
-        assert bundle.variant == "fp32" and bundle.providers == ["CPUExecutionProvider"]
-    with load_bundle(fp16, cache_dir=tmp_path, variant="fp16") as bundle:
-        assert bundle.variant == "fp16" and bundle.providers == ["CPUExecutionProvider"]
-    with pytest.raises(ConfigError) as e:
-        load_bundle(fp16, cache_dir=tmp_path, providers="cuda")
-    assert str(e.value) == ("providers='cuda' but ONNX Runtime could not use CUDA on this machine (providers in "
-                            "use: ['CPUExecutionProvider']); its log above says why.")
 
 
 def test_missing_onnxruntime_at_load(toy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,9 +44,9 @@ def test_valid_bundle_parses(bundle: Path) -> None:
     """A freshly written bundle verifies and exposes its labels, task, variants and files."""
     m = load_manifest(bundle)
     assert m.labels == LABELS and m.multi_label is False and m.max_length == 64
-    assert m.variants == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
-    assert set(m.files) == {"model.onnx", "model.int8.onnx", "calibrator.onnx", "tokenizer.json"}
-    assert m.files["model.onnx"]["sha256"] == sha256_file(bundle / "model.onnx")
+    assert m.variants == {"fp32": "encoder.onnx", "int8": "encoder.int8.onnx"}
+    assert set(m.files) == {"encoder.onnx", "encoder.int8.onnx", "fusion.onnx", "calibrator.onnx", "tokenizer.json"}
+    assert m.files["encoder.onnx"]["sha256"] == sha256_file(bundle / "encoder.onnx")
 
 
 def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
@@ -57,18 +57,18 @@ def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
 
 
 def test_tampered_model_refused(bundle: Path) -> None:
-    """One flipped byte in model.onnx (same size) is caught by its sha256."""
-    data = bytearray((bundle / "model.onnx").read_bytes())
+    """One flipped byte in encoder.onnx (same size) is caught by its sha256."""
+    data = bytearray((bundle / "encoder.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (bundle / "model.onnx").write_bytes(bytes(data))
+    (bundle / "encoder.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError) as e:
         load_manifest(bundle)
-    assert str(e.value) == "model.onnx: sha256 differs from the manifest (tampered or corrupted file)."
+    assert str(e.value) == "encoder.onnx: sha256 differs from the manifest (tampered or corrupted file)."
 
 
 @pytest.mark.parametrize("name", ["calibrator.onnx", "tokenizer.json"])
 def test_tampered_other_files_refused(bundle: Path, name: str) -> None:
-    """calibrator.onnx and tokenizer.json are checked like model.onnx."""
+    """calibrator.onnx and tokenizer.json are checked like encoder.onnx."""
     data = bytearray((bundle / name).read_bytes())
     data[-2] ^= 0x01
     (bundle / name).write_bytes(bytes(data))
@@ -77,13 +77,13 @@ def test_tampered_other_files_refused(bundle: Path, name: str) -> None:
 
 
 def test_truncated_file_refused(bundle: Path) -> None:
-    """A truncated model.onnx is refused with both sizes in the message."""
-    full = (bundle / "model.onnx").stat().st_size
-    with open(bundle / "model.onnx", "r+b") as fh:
+    """A truncated encoder.onnx is refused with both sizes in the message."""
+    full = (bundle / "encoder.onnx").stat().st_size
+    with open(bundle / "encoder.onnx", "r+b") as fh:
         fh.truncate(full - 100)
     with pytest.raises(BundleError) as e:
         load_manifest(bundle)
-    assert str(e.value) == (f"model.onnx: size {full - 100} bytes differs from the manifest's {full} "
+    assert str(e.value) == (f"encoder.onnx: size {full - 100} bytes differs from the manifest's {full} "
                             "(truncated or replaced file).")
 
 
@@ -97,10 +97,10 @@ def test_deleted_tokenizer_refused(bundle: Path) -> None:
 
 def test_future_format_version_refused(bundle: Path) -> None:
     """A manifest from a newer format version says to upgrade."""
-    _rewrite(bundle, format_version=2)
+    _rewrite(bundle, format_version=3)
     with pytest.raises(BundleError) as e:
         load_manifest(bundle)
-    assert str(e.value) == ("manifest.json: format_version 2 is newer than this textclassify supports (1); "
+    assert str(e.value) == ("manifest.json: format_version 3 is newer than this textclassify supports (2); "
                             "upgrade textclassify to load this bundle.")
 
 
@@ -138,9 +138,9 @@ def test_absolute_path_refused(bundle: Path) -> None:
 def test_subdirectory_path_refused(bundle: Path) -> None:
     """A name with a path separator is refused (bundles are flat)."""
     m = read_manifest(bundle)
-    m["files"]["sub/model.onnx"] = m["files"]["model.onnx"]
+    m["files"]["sub/encoder.onnx"] = m["files"]["encoder.onnx"]
     (bundle / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
-    with pytest.raises(BundleError, match="^sub/model.onnx: listed in manifest.json with a path separator"):
+    with pytest.raises(BundleError, match="^sub/encoder.onnx: listed in manifest.json with a path separator"):
         load_manifest(bundle)
 
 
@@ -157,9 +157,9 @@ def test_symlink_leaving_bundle_refused(bundle: Path, tmp_path: Path) -> None:
 
 def test_symlink_inside_bundle_accepted(bundle: Path) -> None:
     """A symlink to another file of the same bundle is fine (its content is still hashed)."""
-    (bundle / "model.int8.onnx").unlink()
-    (bundle / "model.int8.onnx").symlink_to("model.onnx")
-    assert load_manifest(bundle).variants["int8"] == "model.int8.onnx"
+    (bundle / "encoder.int8.onnx").unlink()
+    (bundle / "encoder.int8.onnx").symlink_to("encoder.onnx")
+    assert load_manifest(bundle).variants["int8"] == "encoder.int8.onnx"
 
 
 def test_manifest_symlink_leaving_bundle_refused(bundle: Path, tmp_path: Path) -> None:
@@ -205,11 +205,11 @@ def test_missing_directory_refused(tmp_path: Path) -> None:
 def test_unlisted_variant_refused(bundle: Path) -> None:
     """A model file the manifest uses but does not hash is refused."""
     m = read_manifest(bundle)
-    del m["files"]["model.int8.onnx"]
+    del m["files"]["encoder.int8.onnx"]
     (bundle / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
     with pytest.raises(BundleError) as e:
         load_manifest(bundle)
-    assert str(e.value) == ("model.int8.onnx (variants.int8) is not listed in manifest.json 'files'; "
+    assert str(e.value) == ("encoder.int8.onnx (variants.int8) is not listed in manifest.json 'files'; "
                             "refusing an unverified file.")
 
 
@@ -219,7 +219,7 @@ def test_unlisted_variant_refused(bundle: Path) -> None:
     ({"labels": ["a"]}, "manifest.json: 'labels' must list at least 2 label(s) (got ['a'])."),
     ({"max_length": 0}, "manifest.json: 'max_length' must be an int >= 2 (got 0)."),
     ({"thresholds": [0.5]}, "manifest.json: 'thresholds' must be null or a list of 3 floats (got [0.5])."),
-    ({"variants": {"fp32": "model.onnx", "bf16": "x"}},
+    ({"variants": {"fp32": "encoder.onnx", "bf16": "x"}},
      "manifest.json: unknown variant 'bf16' in 'variants'; expected some of ['fp32', 'int8', 'fp16']."),
     ({"format_version": "1"}, "manifest.json: 'format_version' must be a positive int (got '1')."),
     ({"tokenizer": {"file": "tokenizer.json", "pad_token_id": 1, "padding_side": "left"}},
@@ -240,9 +240,9 @@ def test_schema_errors(bundle: Path, changes: dict, message: str) -> None:
 def test_bad_hash_entry_refused(bundle: Path) -> None:
     """A 'files' entry whose sha256 is not 64 hex digits is refused."""
     m = read_manifest(bundle)
-    m["files"]["model.onnx"]["sha256"] = "abc"
+    m["files"]["encoder.onnx"]["sha256"] = "abc"
     (bundle / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
-    with pytest.raises(BundleError, match="^model.onnx: 'sha256' in manifest.json must be 64 lowercase hex"):
+    with pytest.raises(BundleError, match="^encoder.onnx: 'sha256' in manifest.json must be 64 lowercase hex"):
         load_manifest(bundle)
 
 
@@ -250,7 +250,7 @@ def test_read_verified_catches_change_after_verification(bundle: Path) -> None:
     """A file swapped between verification and use is caught when its bytes are read."""
     m = load_manifest(bundle)
     assert read_verified(m, "calibrator.onnx") == (bundle / "calibrator.onnx").read_bytes()
-    shutil.copyfile(bundle / "model.onnx", bundle / "calibrator.onnx")
+    shutil.copyfile(bundle / "encoder.onnx", bundle / "calibrator.onnx")
     with pytest.raises(BundleError, match="^calibrator.onnx: size"):
         read_verified(m, "calibrator.onnx")
     with pytest.raises(BundleError, match="^notes.txt: not listed in manifest.json 'files'"):
@@ -263,20 +263,20 @@ def test_opened_verified_gives_a_private_link_and_removes_it(bundle: Path, tmp_p
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     m = load_manifest(bundle)
-    with opened_verified(m, "model.onnx") as path:
-        assert isinstance(path, str) and os.listdir(os.path.dirname(path)) == ["model.onnx"]
-        assert Path(path).read_bytes() == (bundle / "model.onnx").read_bytes()
+    with opened_verified(m, "encoder.onnx") as path:
+        assert isinstance(path, str) and os.listdir(os.path.dirname(path)) == ["encoder.onnx"]
+        assert Path(path).read_bytes() == (bundle / "encoder.onnx").read_bytes()
     assert os.listdir(tmp_path / "tmp") == []
 
 
 def test_opened_verified_catches_a_file_rewritten_while_open(bundle: Path) -> None:
     """A file rewritten between verification and the end of its use is refused, even with the same size."""
     m = load_manifest(bundle)
-    original = (bundle / "model.onnx").read_bytes()
-    with pytest.raises(BundleError, match="^model.onnx: changed on disk after it was verified"):
-        with opened_verified(m, "model.onnx"):
-            (bundle / "model.onnx").write_bytes(b"\0" * len(original))
-    (bundle / "model.onnx").write_bytes(original)
+    original = (bundle / "encoder.onnx").read_bytes()
+    with pytest.raises(BundleError, match="^encoder.onnx: changed on disk after it was verified"):
+        with opened_verified(m, "encoder.onnx"):
+            (bundle / "encoder.onnx").write_bytes(b"\0" * len(original))
+    (bundle / "encoder.onnx").write_bytes(original)
     m = load_manifest(bundle)
     shutil.copyfile(bundle / "calibrator.onnx", bundle / "renamed")
     with pytest.raises(BundleError, match="^calibrator.onnx: changed on disk after it was verified"):

@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.data import make_tickets
 from tests.support.llm_server import FakeLLMServer
-from tests.support.toy_bundle import build_model, read_manifest, toy_weights, write_manifest, write_toy_bundle
+from tests.support.toy_bundle import build_encoder, read_manifest, toy_weights, write_manifest, write_toy_bundle
 from textclassify.runtime import constants as K
 from textclassify.runtime import load_bundle
 from textclassify.runtime.errors import BundleError, ConfigError
@@ -48,12 +48,12 @@ def test_a_flipped_decision_is_always_within_the_margin_change(multi_label):
 
 def _int8_toy(tmp_path: Path, tokenizer_json: Path, multi_label: bool, margin: float | None, llm: dict,
               margin_ml: float | None = None) -> Path:
-    """A toy bundle whose model.int8.onnx is a different graph, so rechecked rows are visible in the output."""
+    """A toy bundle whose encoder.int8.onnx is a different graph, so rechecked rows are visible in the output."""
     out = tmp_path / ("ml" if multi_label else "mc")
     write_toy_bundle(out, tokenizer_json, labels=LABELS, multi_label=multi_label, llm=llm, max_length=32,
                      extra_variants=("int8",), thresholds=[0.3, 0.5, 0.7] if multi_label else None)
     weights = toy_weights(_vocab_size(tokenizer_json), len(LABELS), seed=9)
-    onnx.save(build_model(weights), str(out / K.MODEL_INT8_FILE))
+    onnx.save(build_encoder(weights), str(out / K.ENCODER_INT8_FILE))
     manifest = read_manifest(out)
     int8 = {} if margin is None else {"recheck_margin": margin}
     int8.update({} if margin_ml is None else {"recheck_margin_ml": margin_ml})
@@ -118,7 +118,7 @@ def test_int8_and_its_recheck_graph_open_without_spinning_threads(tiny_roberta_d
     kw = {"cache_dir": tmp_path / "cache", "providers": "cpu", "intra_op_num_threads": 2}
     with load_bundle(path, variant="int8", **kw) as bundle:
         assert [_spinning(bundle._model), _spinning(bundle._recheck_model)] == ["0", "0"]
-        assert bundle._calibrator.session.get_session_options().intra_op_num_threads == 1
+        assert bundle._graphs["calibrator"].session.get_session_options().intra_op_num_threads == 1
     for variant, recheck in (("int8", False), ("fp32", True)):
         with load_bundle(path, variant=variant, int8_recheck=recheck, **kw) as bundle:
             assert _spinning(bundle._model) is None and bundle._recheck_model is None
@@ -126,7 +126,7 @@ def test_int8_and_its_recheck_graph_open_without_spinning_threads(tiny_roberta_d
 
 
 def test_rows_without_llm_scores_use_the_ml_margin(tiny_roberta_dir, tmp_path):
-    """Degraded rows (decided by ml_logits) are rechecked against recheck_margin_ml, not the fused one."""
+    """Degraded rows (answered without the LLM) are rechecked against recheck_margin_ml, not the fused one."""
     llm = {"provider": "openai-compatible", "model": "fake", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0,
            "timeout_s": 1.0}
     tokenizer_json = Path(tiny_roberta_dir) / "tokenizer.json"

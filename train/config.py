@@ -38,12 +38,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "timeout_s": K.DEFAULT_TIMEOUT_S, "max_retries": K.DEFAULT_MAX_RETRIES, "score_method": "auto",
         "on_unusable_answer": "raise",
         "deadline_s": None,  # overall seconds per scoring call; None: derived from timeout_s and max_retries
+        "price_per_million": None,  # {"input": USD, "output": USD} per million tokens; None: the built-in table
     },
     "fusion": {
         "hidden_dims": [64, 32], "dropout": 0.1, "ml_lr": 1e-5, "fusion_lr": 1e-3,
         "num_epochs": 10, "batch_size": 16, "warmup_epochs": 200, "val_split": 0.25,
         "early_stopping_patience": 3, "cv_folds": 5, "threshold_objective": "macro_f1",
+        "llm_dropout": 0.25,  # share of training rows that see no LLM scores (llm_present = 0)
     },
+    # The cascade: rows whose no-LLM answer is confident enough skip the LLM. `gate: off` disables it.
+    "gate": {"enabled": True, "max_accuracy_loss": 0.005, "llm_fraction": None},
 }
 
 Check = Callable[[Any], bool]
@@ -133,6 +137,13 @@ RULES: dict[str, tuple[Check, str]] = {
     "fusion.warmup_epochs": (_pos_int, "a positive integer"),
     "fusion.val_split": (_float_in(0, 1, hi_open=True), "a float in (0, 1)"),
     "fusion.early_stopping_patience": (_pos_int, "a positive integer"),
+    "fusion.llm_dropout": (_float_in(0, 1, lo_open=False, hi_open=True), "a float in [0, 1)"),
+    "llm.price_per_million": (lambda v: v is None or (isinstance(v, Mapping) and set(v) == {"input", "output"}
+                                                      and all(_is_num(x) and x >= 0 for x in v.values())),
+                              "null or {input: USD, output: USD} per million tokens (numbers >= 0)"),
+    "gate.enabled": (lambda v: isinstance(v, bool), "a boolean"),
+    "gate.max_accuracy_loss": (_float_in(0, 1, lo_open=False), "a float in [0, 1]"),
+    "gate.llm_fraction": (lambda v: v is None or _float_in(0, 1, lo_open=False)(v), "null or a float in [0, 1]"),
     "fusion.cv_folds": (lambda v: is_int(v) and 2 <= v <= 20, "an integer in [2, 20]"),
     "fusion.threshold_objective": (_choice(("macro_f1", "subset_accuracy")), "one of ['macro_f1', 'subset_accuracy']"),
 }
@@ -164,6 +175,8 @@ def validate_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
         config = {}
     if not isinstance(config, Mapping):
         raise ConfigError(f"config: expected a mapping of keys, got {type(config).__name__}")
+    if config.get("gate") in ("off", False):  # `gate: off` (YAML may read a bare off as false)
+        config = {**config, "gate": {"enabled": False}}
     merged = _merge(DEFAULT_CONFIG, config)
     for path, (check, expected) in RULES.items():
         if path.endswith("[]"):

@@ -53,14 +53,19 @@ def _train_mlp(wrapper: FusionWrapper, tokenizer: Any, texts: list[str], calibra
     with torch.no_grad():
         enc = tokenizer(texts, truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
         ml = wrapper.encoder(**enc).logits
-    features = torch.cat([ml, torch.from_numpy(calibrated)], dim=-1)
+    scores = torch.from_numpy(calibrated)
+    # Unit feature scale as before (the random tiny encoder's logits barely vary: standardising them would
+    # magnify float noise past the parity tolerance); the no-LLM rows see the mean calibrated score.
+    wrapper.mlp.llm_neutral.copy_(scores.mean(dim=0))
     y = torch.from_numpy(targets).float() if multi_label else torch.from_numpy(targets)
     loss_fn = torch.nn.BCEWithLogitsLoss() if multi_label else torch.nn.CrossEntropyLoss()
     opt = torch.optim.Adam(wrapper.mlp.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
     wrapper.mlp.train()
-    for _ in range(steps):
+    for _ in range(steps):  # with LLM dropout, as stage 2 trains it: a quarter of the rows see no scores
+        present = (torch.rand(len(ml), 1, generator=gen) >= 0.25).float()
         opt.zero_grad()
-        loss_fn(wrapper.mlp(features), y).backward()
+        loss_fn(wrapper.mlp(ml, None, scores, present), y).backward()
         opt.step()
     wrapper.eval()
 

@@ -1,8 +1,9 @@
-"""Hand-built bundles for runtime tests: a tiny ONNX graph whose outputs numpy can recompute exactly.
+"""Hand-built format-2 bundles for runtime tests: tiny ONNX graphs whose outputs numpy can recompute exactly.
 
-model.onnx: ml_logits = masked mean of E[input_ids] (E: [V, C]); fused_logits = ml_logits * a +
-llm_scores @ W + b. calibrator.onnx: log(clip(x, eps, 1)) / T. Both are built with `onnx.helper`,
-so runtime tests need neither the exporter nor torch; `toy_reference` gives the expected outputs.
+encoder.onnx: ml_logits = masked mean of E[input_ids] (E: [V, C]). fusion.onnx: with
+s = llm_scores * llm_present + neutral * (1 - llm_present), fused_logits = ml_logits * a + s @ W + b +
+llm_present * d. calibrator.onnx: log(clip(x, eps, 1)) / T. All are built with `onnx.helper`, so
+runtime tests need neither the exporter nor torch; `toy_reference` gives the expected outputs.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 
 from textclassify.runtime import constants as K
-from textclassify.runtime.manifest import sha256_file
+from textclassify.runtime.manifest import sha256_file, standard_pipeline
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class ToyWeights:
     llm_weight: np.ndarray  # [C, C]
     bias: np.ndarray  # [C]
     temperature: float
+    neutral: np.ndarray  # [C]: what a row without LLM scores sees instead
+    present_shift: np.ndarray  # [C]: added where llm_present = 1
 
 
 def toy_weights(vocab_size: int, n_labels: int, seed: int = 0) -> ToyWeights:
@@ -39,18 +42,25 @@ def toy_weights(vocab_size: int, n_labels: int, seed: int = 0) -> ToyWeights:
         embedding=rng.normal(0, 1, (vocab_size, n_labels)).astype(np.float32), scale=0.7,
         llm_weight=rng.normal(0, 1, (n_labels, n_labels)).astype(np.float32),
         bias=rng.normal(0, 0.1, n_labels).astype(np.float32), temperature=1.5,
+        neutral=rng.normal(-1.0, 0.2, n_labels).astype(np.float32),
+        present_shift=rng.normal(0, 0.3, n_labels).astype(np.float32),
     )
 
 
-def build_model(w: ToyWeights) -> onnx.ModelProto:
-    """model.onnx: inputs input_ids, attention_mask [B, T] int64, llm_scores [B, C]; ml_logits, fused_logits."""
+def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", K.ONNX_OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def build_encoder(w: ToyWeights) -> onnx.ModelProto:
+    """encoder.onnx: inputs input_ids, attention_mask [B, T] int64; output ml_logits [B, C]."""
     c = w.embedding.shape[1]
     inits = [
         numpy_helper.from_array(w.embedding, "E"), numpy_helper.from_array(np.array([1], np.int64), "axis1"),
         numpy_helper.from_array(np.array([2], np.int64), "axis2"),
         numpy_helper.from_array(np.array(1.0, np.float32), "one"),
-        numpy_helper.from_array(np.array(w.scale, np.float32), "a"),
-        numpy_helper.from_array(w.llm_weight, "W"), numpy_helper.from_array(w.bias, "b"),
     ]
     nodes = [
         helper.make_node("Gather", ["E", "input_ids"], ["emb"], axis=0),
@@ -61,24 +71,42 @@ def build_model(w: ToyWeights) -> onnx.ModelProto:
         helper.make_node("ReduceSum", ["maskf", "axis1"], ["count"], keepdims=1),
         helper.make_node("Max", ["count", "one"], ["denom"]),
         helper.make_node("Div", ["summed", "denom"], ["ml_logits"]),
-        helper.make_node("Mul", ["ml_logits", "a"], ["scaled"]),
-        helper.make_node("MatMul", ["llm_scores", "W"], ["llm_part"]),
-        helper.make_node("Add", ["scaled", "llm_part"], ["pre"]),
-        helper.make_node("Add", ["pre", "b"], ["fused_logits"]),
     ]
-    graph = helper.make_graph(
-        nodes, "toy_fusion",
+    return _finish(helper.make_graph(
+        nodes, "toy_encoder",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
-         helper.make_tensor_value_info("llm_scores", TensorProto.FLOAT, ["batch", c])],
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("ml_logits", TensorProto.FLOAT, ["batch", c])], inits,
+    ))
+
+
+def build_fusion(w: ToyWeights) -> onnx.ModelProto:
+    """fusion.onnx: ml_logits, llm_scores [B, C], llm_present [B, 1] -> fused_logits [B, C]."""
+    c = w.embedding.shape[1]
+    inits = [
+        numpy_helper.from_array(np.array(w.scale, np.float32), "a"), numpy_helper.from_array(w.llm_weight, "W"),
+        numpy_helper.from_array(w.bias, "b"), numpy_helper.from_array(w.neutral, "neutral"),
+        numpy_helper.from_array(w.present_shift, "d"), numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["llm_scores", "llm_present"], ["kept"]),
+        helper.make_node("Sub", ["one", "llm_present"], ["absent"]),
+        helper.make_node("Mul", ["neutral", "absent"], ["filled"]),
+        helper.make_node("Add", ["kept", "filled"], ["s"]),
+        helper.make_node("Mul", ["ml_logits", "a"], ["scaled"]),
+        helper.make_node("MatMul", ["s", "W"], ["llm_part"]),
+        helper.make_node("Add", ["scaled", "llm_part"], ["pre"]),
+        helper.make_node("Add", ["pre", "b"], ["pre_b"]),
+        helper.make_node("Mul", ["llm_present", "d"], ["shift"]),
+        helper.make_node("Add", ["pre_b", "shift"], ["fused_logits"]),
+    ]
+    return _finish(helper.make_graph(
+        nodes, "toy_fusion",
         [helper.make_tensor_value_info("ml_logits", TensorProto.FLOAT, ["batch", c]),
-         helper.make_tensor_value_info("fused_logits", TensorProto.FLOAT, ["batch", c])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", K.ONNX_OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+         helper.make_tensor_value_info("llm_scores", TensorProto.FLOAT, ["batch", c]),
+         helper.make_tensor_value_info("llm_present", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("fused_logits", TensorProto.FLOAT, ["batch", c])], inits,
+    ))
 
 
 def build_calibrator(n_labels: int, temperature: float) -> onnx.ModelProto:
@@ -102,17 +130,35 @@ def build_calibrator(n_labels: int, temperature: float) -> onnx.ModelProto:
 
 def toy_reference(w: ToyWeights, input_ids: np.ndarray, attention_mask: np.ndarray,
                   raw_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ml_logits and fused_logits exactly as the toy graphs compute them (float32 numpy)."""
+    """ml_logits and fused_logits (with the LLM) exactly as the toy graphs compute them (float32 numpy)."""
+    ml = toy_ml_logits(w, input_ids, attention_mask)
+    calibrated = np.log(np.clip(raw_scores.astype(np.float32), K.SCORE_EPS, 1.0)) / np.float32(w.temperature)
+    return ml, toy_fuse(w, ml, calibrated, np.ones(len(ml), np.float32))
+
+
+def toy_ml_logits(w: ToyWeights, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     mask = attention_mask.astype(np.float32)
     summed = (w.embedding[input_ids] * mask[:, :, None]).sum(axis=1)
-    ml = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
-    calibrated = np.log(np.clip(raw_scores.astype(np.float32), K.SCORE_EPS, 1.0)) / np.float32(w.temperature)
-    return ml, ml * np.float32(w.scale) + calibrated @ w.llm_weight + w.bias
+    return summed / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+
+
+def toy_fuse(w: ToyWeights, ml: np.ndarray, calibrated: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """fusion.onnx in numpy; `present` [n] of 0/1."""
+    p = np.asarray(present, np.float32)[:, None]
+    s = calibrated * p + w.neutral * (np.float32(1.0) - p)
+    return ml * np.float32(w.scale) + s @ w.llm_weight + w.bias + p * w.present_shift
+
+
+def toy_no_llm(w: ToyWeights, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """fused_logits without the LLM (llm_present = 0): what the gate reads and ml_only serves."""
+    ml = toy_ml_logits(w, input_ids, attention_mask)
+    return toy_fuse(w, ml, np.zeros_like(ml), np.zeros(len(ml), np.float32))
 
 
 def write_toy_bundle(out_dir: str | Path, tokenizer_json: str | Path, *, labels: list[str], multi_label: bool,
                      llm: dict[str, Any], max_length: int = 64, thresholds: list[float] | None = None,
-                     extra_variants: tuple[str, ...] = (), seed: int = 0) -> ToyWeights:
+                     extra_variants: tuple[str, ...] = (), seed: int = 0,
+                     gate_threshold: float | None = None) -> ToyWeights:
     """Write a complete, verifiable bundle to `out_dir`; returns the weights for `toy_reference`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,12 +166,13 @@ def write_toy_bundle(out_dir: str | Path, tokenizer_json: str | Path, *, labels:
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     weights = toy_weights(vocab_size, len(labels), seed)
     shutil.copyfile(tokenizer_json, out / K.TOKENIZER_FILE)
-    onnx.save(build_model(weights), str(out / K.MODEL_FILE))
+    onnx.save(build_encoder(weights), str(out / K.ENCODER_FILE))
+    onnx.save(build_fusion(weights), str(out / K.FUSION_FILE))
     onnx.save(build_calibrator(len(labels), weights.temperature), str(out / K.CALIBRATOR_FILE))
-    variants = {"fp32": K.MODEL_FILE}
+    variants = {"fp32": K.ENCODER_FILE}
     for name in extra_variants:  # same graph under another name: enough to test variant selection
-        variants[name] = {"int8": K.MODEL_INT8_FILE, "fp16": K.MODEL_FP16_FILE}[name]
-        shutil.copyfile(out / K.MODEL_FILE, out / variants[name])
+        variants[name] = {"int8": K.ENCODER_INT8_FILE, "fp16": K.ENCODER_FP16_FILE}[name]
+        shutil.copyfile(out / K.ENCODER_FILE, out / variants[name])
     pad_id = tokenizer.token_to_id("<pad>")
     c = len(labels)
     manifest = {
@@ -134,13 +181,9 @@ def write_toy_bundle(out_dir: str | Path, tokenizer_json: str | Path, *, labels:
         "max_length": max_length,
         "tokenizer": {"file": K.TOKENIZER_FILE, "pad_token": "<pad>", "pad_token_id": pad_id,
                       "truncation": True, "padding": "longest"},
-        "inputs": {"input_ids": {"dtype": "int64", "shape": ["batch", "sequence"]},
-                   "attention_mask": {"dtype": "int64", "shape": ["batch", "sequence"]},
-                   "llm_scores": {"dtype": "float32", "shape": ["batch", c]}},
-        "outputs": {"ml_logits": {"dtype": "float32", "shape": ["batch", c]},
-                    "fused_logits": {"dtype": "float32", "shape": ["batch", c]}},
-        "calibrator": {"file": K.CALIBRATOR_FILE, "input": K.CALIBRATOR_INPUT, "output": K.CALIBRATOR_OUTPUT,
-                       "kind": "temperature"},
+        "pipeline": standard_pipeline(c),
+        "gate": {"rule": "label_distance" if multi_label else "top_probability", "threshold": gate_threshold},
+        "calibrator": {"kind": "temperature"},
         "variants": variants, "llm": llm, "metrics": {}, "parity": {}, "versions": {"opset": K.ONNX_OPSET},
         "created_at": "2026-01-01T00:00:00Z",
     }
