@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from textclassify.runtime import constants as K
-from textclassify.runtime.errors import ExportError
+from textclassify.runtime.errors import ExportError, first_line
 from textclassify.runtime.validation import is_int
 
 REQUIRED_ATTRIBUTES = ("model_", "tokenizer_", "calibrator_", "labels_", "multi_label_", "thresholds_",
@@ -302,7 +302,7 @@ class _ExportRun:
         try:
             session = parity.open_session(path, providers)
         except Exception as e:  # noqa: BLE001 -- ORT raises its own types for graphs it cannot load
-            found = parity.Findings(names=[f"{name}: ONNX Runtime could not load it ({_first_line(e)})"])
+            found = parity.Findings(names=[f"{name}: ONNX Runtime could not load it ({first_line(e)})"])
             return None, found
         return session, parity.check_signature(session, name, spec or self.spec)
 
@@ -359,7 +359,7 @@ class _ExportRun:
             got = parity.run_graph(session, self.fusion_session, self.tokenizer, self.data, self.calibrated,
                                    parity.PARITY_BATCH_SIZES, self.lexical_logits)
         except Exception as e:  # noqa: BLE001 -- a kernel missing on this provider surfaces at run time
-            return parity.Findings(), {}, f"ONNX Runtime could not run {name} ({_first_line(e)})"
+            return parity.Findings(), {}, f"ONNX Runtime could not run {name} ({first_line(e)})"
         values, figures = parity.compare_reduced(name, self.reference, got, self.fitted.multi_label_,
                                                  self.fitted.thresholds_, K.REDUCED_PRECISION_MIN_AGREEMENT,
                                                  recheck_safety)
@@ -410,7 +410,7 @@ class _ExportRun:
                 got = parity.run_graph(parity.open_session(path), self.fusion_session, self.tokenizer, self.data,
                                        self.calibrated, (size,), self.lexical_logits)
             except Exception as e:  # noqa: BLE001 -- a candidate ORT cannot run is skipped, and the reason kept
-                tried[label] = f"could not run: {_first_line(e)}"
+                tried[label] = f"could not run: {first_line(e)}"
                 continue
             error = float(np.abs(got.fused[size] - self.reference.fused[size]).mean()) if len(self.data.texts) else 0.0
             tried[label] = {"mean_abs_diff_fused": error}
@@ -440,8 +440,3 @@ class _ExportRun:
             self.say(f"note: {K.ENCODER_FP16_FILE} {fp16.CPU_NOTE}; load_bundle's variant='auto' will not serve it")
         os.replace(work, self.stage.path(K.ENCODER_FP16_FILE))
         self.variants["fp16"] = K.ENCODER_FP16_FILE
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

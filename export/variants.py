@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from textclassify.runtime.errors import ExportError
+from textclassify.runtime.errors import ExportError, first_line
 
 
 @contextlib.contextmanager
@@ -69,12 +69,7 @@ def quantize_int8(src: str | Path | onnx.ModelProto, dst: str | Path, *,
                              op_types_to_quantize=["MatMul"], nodes_to_quantize=names,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
     except Exception as e:  # noqa: BLE001 -- the quantizer raises plain RuntimeError/ValueError
-        raise ExportError(f"int8 quantisation of encoder.onnx failed: {_first_line(e)}") from e
+        raise ExportError(f"int8 quantisation of encoder.onnx failed: {first_line(e)}") from e
     return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": True,
             "op_types": ["MatMul"], "matmul_const_b_only": True, "quantised_matmuls": len(names),
             "smoothquant_alpha": alpha}
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
