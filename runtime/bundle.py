@@ -162,6 +162,8 @@ class Bundle:
         # thread-safe; the first call goes under this lock, later ones run concurrently.
         self._llm_lock = threading.Lock()
         self._llm_started = False
+        self._rows_lock = threading.Lock()
+        self._rows = {"rows": 0, "llm_skipped_rows": 0}  # served since load, for `usage`
 
     @property
     def labels(self) -> list[str]:
@@ -193,6 +195,17 @@ class Bundle:
     def llm_usage(self) -> dict[str, Any]:
         """LLM requests, cache hits, failures, tokens and cost since the bundle was loaded."""
         return dict(self._scorer.usage)
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        """The serving stage's cost since load: rows served, rows the gate answered without the LLM, LLM
+        requests, cache hits, tokens (the server's own counts) and USD (price table or llm.price_per_million)."""
+        from textclassify.runtime.cost import stage_cost
+
+        with self._rows_lock:
+            rows = dict(self._rows)
+        serving = stage_cost(self._scorer.usage, self._scorer.model, self._scorer.settings.price_per_million)
+        return {"serving": {**rows, **serving, "gate_threshold": self.gate_threshold}}
 
     @property
     def path(self) -> Path:
@@ -292,6 +305,9 @@ class Bundle:
             close = np.array([r for r in close if int(r) not in rechecked], dtype=np.int64)
             logits[close] = self._refuse(close, texts, ids, parts, rechecked, (calibrated, ok))
         probs = logits_to_probabilities(logits, self.multi_label)
+        with self._rows_lock:
+            self._rows["rows"] += n
+            self._rows["llm_skipped_rows"] += int(skipped.sum())
         return _Answer(probs, degraded=sorted(failed), reasons={i: str(e) for i, e in sorted(failed.items())},
                        usage=usage, rechecked=sorted(rechecked), skipped=[int(i) for i in np.flatnonzero(skipped)])
 

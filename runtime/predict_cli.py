@@ -93,6 +93,11 @@ def main(bundle_dir: str, input_path: str, output_path: str, output_format: str 
     click.echo(f"Wrote {summary['rows']} rows to {where} ({summary['degraded_rows']} degraded, "
                f"{summary['error_rows']} without an answer); summary in {summary['summary_file'] or 'stderr'}",
                err=True)
+    cost = summary.get("cost") or {}
+    usd = "unknown (no price for this model)" if cost.get("cost_usd") is None else f"${cost['cost_usd']:.6f}"
+    click.echo(f"LLM cost: {cost.get('requests', 0)} requests, {cost.get('cache_hits', 0)} cache hits, "
+               f"{cost.get('llm_skipped_rows', 0)} rows answered without the LLM; {cost.get('prompt_tokens', 0):,} "
+               f"prompt + {cost.get('completion_tokens', 0):,} completion tokens; {usd}", err=True)
 
 
 def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_column: str = "text",
@@ -158,7 +163,7 @@ def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_col
             "degraded_rows": len(degraded), "degraded": degraded, "error_rows": len(errors), "errors": errors,
             "providers": bundle.providers, "variant": bundle.variant, "variant_reason": bundle.variant_reason,
             "int8_recheck_margin": bundle.int8_recheck_margin, "rechecked_rows": rechecked,
-            "llm_usage": bundle.llm_usage, "seconds": round(seconds, 3),
+            "llm_usage": bundle.llm_usage, "cost": bundle.usage["serving"], "seconds": round(seconds, 3),
             "texts_per_second": round(len(rows) / seconds, 2) if seconds > 0 else None,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -138,7 +138,8 @@ class LLMScorer(RequestTransport):
     def usage(self) -> dict[str, Any]:
         """Requests, cache hits, retries, failures, token counts and estimated cost (None if unknown)."""
         usage: dict[str, Any] = dict(self._usage)
-        usage["cost_usd"] = cost_usd(self.model, usage["prompt_tokens"], usage["completion_tokens"])
+        usage["cost_usd"] = cost_usd(self.model, usage["prompt_tokens"], usage["completion_tokens"],
+                                     self.settings.price_per_million)
         usage["circuit_breaker"] = self._breaker.state  # closed | open | half_open
         usage["circuit_breaker_opened"] = self._breaker.times_opened
         return usage

@@ -27,6 +27,9 @@ class LLMSettings:
     # Overall limit in seconds on one scoring call (one predict); None: derived from timeout_s and max_retries
     # (see LLMScorer.deadline_for). Not part of the cache key: it decides when to stop, never the answer.
     deadline_s: float | None = None
+    # {"input": USD, "output": USD} per million tokens, for a model the built-in price table lacks (or to
+    # replace its list price). Not part of the cache key: it prices the answers, never changes them.
+    price_per_million: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.provider, str) or self.provider not in PROVIDERS:
@@ -49,6 +52,12 @@ class LLMSettings:
         if not isinstance(self.score_method, str) or self.score_method not in K.SCORE_METHODS:
             raise ConfigError(f"llm.score_method: expected one of {list(K.SCORE_METHODS)}, "
                               f"got {short_repr(self.score_method)}")
+        price = self.price_per_million
+        if price is not None and (not isinstance(price, dict) or set(price) != {"input", "output"}
+                                  or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0
+                                         or v == float("inf") for v in price.values())):
+            raise ConfigError(f"llm.price_per_million: expected {{input: USD, output: USD}} per million tokens "
+                              f"(numbers >= 0), got {short_repr(price)}")
         if not isinstance(self.on_unusable_answer, str) or self.on_unusable_answer not in K.UNUSABLE_ANSWER_POLICIES:
             raise ConfigError(f"llm.on_unusable_answer: expected one of {list(K.UNUSABLE_ANSWER_POLICIES)}, "
                               f"got {short_repr(self.on_unusable_answer)}")
@@ -60,7 +69,7 @@ class LLMSettings:
         return cls(
             provider=config["llm_provider"], model=config.get("llm_model"), base_url=config.get("llm_base_url"),
             **{k: llm[k] for k in ("temperature", "max_concurrency", "timeout_s", "max_retries", "score_method",
-                                        "on_unusable_answer", "deadline_s")
+                                        "on_unusable_answer", "deadline_s", "price_per_million")
                if k in llm},
         )
 

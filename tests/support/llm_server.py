@@ -85,6 +85,7 @@ class FakeLLMServer:
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._requests = 0
+        self._tokens = {"prompt_tokens": 0, "completion_tokens": 0}  # summed over the usage blocks sent
         self._texts: list[str | None] = []
         self._bodies: list[dict[str, Any]] = []
         self._in_flight = 0
@@ -136,6 +137,12 @@ class FakeLLMServer:
         """The JSON bodies of the last 200 requests."""
         with self._lock:
             return list(self._bodies)
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        """Prompt and completion tokens of every answer that carried a usage block."""
+        with self._lock:
+            return dict(self._tokens)
 
     def stats(self) -> dict[str, Any]:
         """Counters as one JSON-able dict (also served at GET /stats)."""
@@ -210,6 +217,9 @@ class FakeLLMServer:
              "message": {"role": "assistant", "content": content}}]
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4
         completion_tokens = max(1, len(content) // 4)
+        with self._lock:
+            self._tokens["prompt_tokens"] += prompt_tokens
+            self._tokens["completion_tokens"] += completion_tokens
         out = {"id": f"chatcmpl-{self.requests}", "object": "chat.completion", "created": int(time.time()),
                "model": body.get("model"), "choices": choices,
                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
