@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from textclassify.runtime.decoding import encode_targets
+
 
 class ClassificationType(str, Enum):
     """Whether each text has exactly one class or any subset of the labels."""
@@ -72,15 +74,8 @@ class TrainingData:
         return self.classification_type is ClassificationType.MULTI_LABEL
 
     def label_matrix(self) -> np.ndarray:
-        """Targets as an int array: class indices [n] (multi-class) or a 0/1 matrix [n, C]."""
-        index = {name: i for i, name in enumerate(self.label_names or [])}
-        if not self.is_multi_label:
-            return np.array([index[lab] for lab in self.labels], dtype=np.int64)
-        out = np.zeros((len(self.labels), len(index)), dtype=np.int64)
-        for row, labs in enumerate(self.labels):
-            for lab in labs:
-                out[row, index[lab]] = 1
-        return out
+        """Targets as an int array: class indices [n] (multi-class) or a 0/1 matrix [n, C] (`encode_targets`)."""
+        return encode_targets(self.labels, list(self.label_names or []), self.is_multi_label)
 
 
 @dataclass

@@ -37,3 +37,13 @@ def test_true_labels_for_predict_may_be_rows():
     """predict(texts, labels) takes 0/1 rows for multi-label as well."""
     got = encode_true_labels([[1, 0, 1], [0, 1, 0]], 2, ["x", "y", "z"], True)
     assert got.tolist() == [[1, 0, 1], [0, 1, 0]]
+
+
+def test_label_matrix_is_encode_targets():
+    """TrainingData.label_matrix encodes with the one encoder: same arrays, same error for an unknown label."""
+    from textclassify.runtime.decoding import encode_targets
+
+    data = TrainingData(["a", "b", "c"], [["x"], ["x", "z"], []], ML, label_names=["x", "y", "z"])
+    assert data.label_matrix().tolist() == encode_targets(data.labels, ["x", "y", "z"], True).tolist()
+    with pytest.raises(DataError, match=r"^labels\[1\]: unknown label 'q'"):
+        TrainingData(["a", "b"], ["x", "q"], label_names=["x", "y"]).label_matrix()
