@@ -137,3 +137,18 @@ def test_multi_label_rule_is_the_label_distance() -> None:
     fused = np.array([[0.95, 0.02, 0.9], [0.1, 0.1, 0.1]])  # the LLM fixes row 1, whose label 0 sits at 0.55
     gate = choose_gate_threshold(p, fused, y, True, [0.5, 0.5, 0.5], max_accuracy_loss=0.0)
     assert gate["rule"] == "label_distance" and gate["threshold"] == pytest.approx(0.4)
+
+
+def test_gate_off_in_a_dict_and_in_yaml(tmp_path: Path) -> None:
+    """`gate: off` disables the cascade, from a config dict and from a fusion-train YAML file alike."""
+    from textclassify.train.config import validate_config
+    from textclassify.train.yaml_config import load_config
+
+    assert validate_config({"gate": "off"})["gate"]["enabled"] is False
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  train_path: x.csv\nmodels:\n  llm:\n    provider: openai\ngate: off\n")
+    assert load_config(path).classifier["gate"] == {"enabled": False, "max_accuracy_loss": 0.005, "llm_fraction": None}
+    path.write_text("data:\n  train_path: x.csv\ngate:\n  llm_fraction: 0.4\nmodels:\n  llm:\n    price_per_million: "
+                    "{input: 1, output: 2}\n")
+    cfg = load_config(path).classifier
+    assert cfg["gate"]["llm_fraction"] == 0.4 and cfg["llm"]["price_per_million"] == {"input": 1, "output": 2}

@@ -90,14 +90,14 @@ seed: 7
 def test_unknown_top_level_key():
     """An unknown top-level key names itself and lists the known ones."""
     assert _error({"outptu_dir": "x"}) == (
-        "outptu_dir: unknown key (known keys: data, models, fusion, output_dir, cache_dir, fusion_split, seed)")
+        "outptu_dir: unknown key (known keys: data, models, fusion, gate, output_dir, cache_dir, fusion_split, seed)")
 
 
 def test_unknown_nested_key():
     """An unknown key inside a section names its full path and the section's known keys."""
     assert _error({"models": {"llm": {"modle": "x"}}}) == (
         "models.llm.modle: unknown key (known keys under models.llm: provider, model, base_url, temperature, "
-        "max_concurrency, timeout_s, max_retries, score_method, on_unusable_answer, deadline_s)")
+        "max_concurrency, timeout_s, max_retries, score_method, on_unusable_answer, deadline_s, price_per_million)")
 
 
 def test_api_key_in_the_file_is_refused_without_echoing_it():
@@ -224,7 +224,7 @@ def test_default_config_comments_every_key():
     """Every key line of the default file follows a comment line saying what it does."""
     lines = default_config_text().splitlines()
     keys = [i for i, line in enumerate(lines) if re.match(r"\s*\w+:", line)]
-    assert len(keys) == len(FIELDS) + 5  # and the sections data, models, ml, llm, fusion
+    assert len(keys) == len(FIELDS) + 6  # and the sections data, models, ml, llm, fusion, gate
     for i in keys:
         assert lines[i - 1].strip().startswith("# "), lines[i]
 

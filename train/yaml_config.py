@@ -40,6 +40,7 @@ SECTIONS: dict[str, str] = {
     "models.ml": "The transformer encoder, fine-tuned in stage 1 on the data outside the fusion split.",
     "models.llm": "The LLM that scores every class (API keys come from the environment only, never from this file).",
     "fusion": "Stage 2: the fusion MLP over [encoder logits, calibrated LLM scores], then joint fine-tuning.",
+    "gate": "The cascade: texts whose answer without the LLM is confident enough never reach the LLM.",
 }
 
 FIELDS: tuple[Field, ...] = (
@@ -80,6 +81,9 @@ FIELDS: tuple[Field, ...] = (
           "and serving alike."),
     Field("models.llm.deadline_s", "llm.deadline_s", "Overall seconds one scoring call may take; rows still "
           "unanswered then fail (null: derived from timeout_s and max_retries, the most those limits allow)."),
+    Field("models.llm.price_per_million", "llm.price_per_million", "{input: USD, output: USD} per million tokens "
+                                                                   "(null: the built-in price table) for the cost "
+                                                                   "reports."),
     Field("fusion.hidden_dims", "fusion.hidden_dims", "Hidden layer sizes of the fusion MLP."),
     Field("fusion.dropout", "fusion.dropout", "Dropout after each hidden layer."),
     Field("fusion.ml_lr", "fusion.ml_lr", "Learning rate of the encoder during joint fine-tuning."),
@@ -91,9 +95,16 @@ FIELDS: tuple[Field, ...] = (
                                                   "choice of the kept state)."),
     Field("fusion.early_stopping_patience", "fusion.early_stopping_patience", "Joint epochs without a better "
                                                                               "fusion-val loss before stopping."),
+    Field("fusion.llm_dropout", "fusion.llm_dropout", "Share of stage-2 training rows that see no LLM scores, so the "
+                                                      "fusion head also answers without the LLM."),
     Field("fusion.cv_folds", "fusion.cv_folds", "Folds of the cross-fitting that chooses the combiner."),
     Field("fusion.threshold_objective", "fusion.threshold_objective", "macro_f1 | subset_accuracy: what the "
                                                                       "per-label thresholds (multi-label) maximise."),
+    Field("gate.enabled", "gate.enabled", "false: every text asks the LLM (no cascade)."),
+    Field("gate.max_accuracy_loss", "gate.max_accuracy_loss", "Accuracy the gate may lose against always asking the "
+                                                              "LLM, on held-out predictions."),
+    Field("gate.llm_fraction", "gate.llm_fraction", "Share of texts to send to the LLM instead (null: use "
+                                                    "max_accuracy_loss)."),
     Field("output_dir", "output_dir", "Where the model, metrics.json and the report are written."),
     Field("cache_dir", "cache_dir", "Folder of the LLM score cache (a second run reuses every answer)."),
     Field("fusion_split", "fusion_split", "Share of the data held out from stage 1 for fusion (only it needs LLM "
@@ -317,6 +328,8 @@ def parse_config(document: Mapping[str, Any]) -> TrainConfig:
     """Validate a parsed YAML document (every key, type and value) and map it onto the flat classifier config."""
     if not isinstance(document, Mapping):
         raise ConfigError(f"config: expected a mapping of keys at the top level, got {type(document).__name__}")
+    if document.get("gate") in ("off", False):  # `gate: off` (YAML reads a bare off as false): no cascade
+        document = {**document, "gate": {"enabled": False}}
     found: dict[str, Any] = {}
     _walk(document, _TREE, "", found)
     flat: dict[str, Any] = {}
