@@ -109,22 +109,25 @@ def _one_hot_labels(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
     return labels
 
 
-def _check_label_counts(labels: list[Any], names: list[str], label_columns: Sequence[str], multi: bool) -> None:
+def _label_count_problems(labels: list[Any], names: list[str], where: str, multi: bool) -> list[str]:
+    """Too few classes, and every label seen fewer than twice, in order."""
     counts: Counter[str] = Counter()
     for lab in labels:
         counts.update(lab if multi else [lab])
     present = [n for n in names if counts[n] > 0]
+    problems = []
     if len(present) < 2 and not multi:
-        raise DataError(
-            f"columns {list(label_columns)}: only one class ({present[0] if present else 'none'!r}) in the data; "
-            "a classifier needs at least 2."
-        )
-    for name in names:
-        if counts[name] < 2:
-            raise DataError(
-                f"columns {list(label_columns)}: label {name!r} is seen {counts[name]} time(s); "
-                "each label needs at least 2 examples."
-            )
+        problems.append(f"{where}: only one class ({present[0] if present else 'none'!r}) in the data; "
+                        "a classifier needs at least 2.")
+    problems += [f"{where}: label {name!r} is seen {counts[name]} time(s); each label needs at least 2 examples."
+                 for name in names if counts[name] < 2]
+    return problems
+
+
+def _check_label_counts(labels: list[Any], names: list[str], label_columns: Sequence[str], multi: bool) -> None:
+    problems = _label_count_problems(labels, names, f"columns {list(label_columns)}", multi)
+    if problems:
+        raise DataError(problems[0])
 
 
 def read_labelled_frame(
@@ -160,18 +163,28 @@ def dataframe_to_training_data(
     return data
 
 
-def validate_training_data(data: TrainingData) -> TrainingData:
-    """Check a TrainingData built by hand with the same rules as a DataFrame."""
-    for i, text in enumerate(data.texts):
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"texts[{i}]: expected a non-empty string, got {text!r}.")
+def training_data_problems(data: TrainingData) -> list[str]:
+    """Every problem of a TrainingData built by hand that training would reject (texts, labels, label counts),
+    with the same rules and wording as a DataFrame's checks."""
+    problems = [f"texts[{i}]: expected a non-empty string, got {text!r}."
+                for i, text in enumerate(data.texts) if not isinstance(text, str) or not text.strip()]
     names = list(data.label_names or [])
+    known: list[Any] = []
     for i, lab in enumerate(data.labels):
-        items = lab if data.is_multi_label else [lab]
         if data.is_multi_label and not isinstance(lab, (list, tuple, set)):
-            raise DataError(f"labels[{i}]: expected a list of label names for multi-label data, got {lab!r}.")
-        for item in items:
-            if item not in names:
-                raise DataError(f"labels[{i}]: unknown label {item!r}; label_names are {names}.")
-    _check_label_counts(list(data.labels), names, ["labels"], data.is_multi_label)
+            problems.append(f"labels[{i}]: expected a list of label names for multi-label data, got {lab!r}.")
+            continue
+        items = list(lab) if data.is_multi_label else [lab]
+        problems += [f"labels[{i}]: unknown label {item!r}; label_names are {names}." for item in items
+                     if item not in names]
+        kept = [item for item in items if item in names]
+        known.append(kept if data.is_multi_label else (kept[0] if kept else None))
+    return problems + _label_count_problems(known, names, "labels", data.is_multi_label)
+
+
+def validate_training_data(data: TrainingData) -> TrainingData:
+    """Check a TrainingData built by hand with the same rules as a DataFrame; raises the first problem."""
+    problems = training_data_problems(data)
+    if problems:
+        raise DataError(problems[0])
     return data

@@ -99,37 +99,17 @@ def _text_statistics(texts: Sequence[Any]) -> dict[str, Any]:
 
 
 def _collect_errors(data: TrainingData) -> list[str]:
-    """Every problem of a TrainingData that training would reject, in the data module's wording."""
+    """Every problem of a TrainingData that training would reject: the data module's rules, then the splits."""
     from textclassify.train.config import DEFAULT_CONFIG
+    from textclassify.train.data import training_data_problems
     from textclassify.train.splits import make_splits
 
-    errors: list[str] = []
-    names = list(data.label_names or [])
-    for i, text in enumerate(data.texts):
-        if not isinstance(text, str) or not text.strip():
-            errors.append(f"texts[{i}]: expected a non-empty string, got {text!r}.")
-    counts: Counter[str] = Counter()
-    for i, lab in enumerate(data.labels):
-        if data.is_multi_label and not isinstance(lab, (list, tuple, set)):
-            errors.append(f"labels[{i}]: expected a list of label names for multi-label data, got {lab!r}.")
-            continue
-        items = list(lab) if data.is_multi_label else [lab]
-        for item in items:
-            if item not in names:
-                errors.append(f"labels[{i}]: unknown label {item!r}; label_names are {names}.")
-        counts.update(item for item in items if item in names)
-    present = [n for n in names if counts[n] > 0]
-    if not data.is_multi_label and len(present) < 2:
-        errors.append(f"labels: only {len(present)} class(es) {present} in the data; a classifier needs at least 2.")
-    for name in names:
-        if counts[name] < 2:
-            errors.append(f"labels: label {name!r} is seen {counts[name]} time(s); each label needs at least 2 "
-                          "examples.")
+    errors = training_data_problems(data)
     if not errors:
         cfg = DEFAULT_CONFIG
         try:
             make_splits(data.label_matrix(), data.is_multi_label, cfg["fusion_split"], cfg["ml"]["val_split"],
-                        cfg["fusion"]["val_split"], cfg["seed"], len(names))
+                        cfg["fusion"]["val_split"], cfg["seed"], len(data.label_names or []))
         except DataError as e:
             errors.append(str(e))
     return errors
