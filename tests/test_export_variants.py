@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from textclassify.export.variants import convert_fp16, quantize_int8
+from textclassify.export.variants import quantize_int8
 from textclassify.runtime.errors import ExportError
 
 
@@ -44,24 +44,11 @@ def test_int8_quantises_weights_per_channel(matmul_graph, tmp_path):
     assert np.abs(run(tmp_path / "q.onnx", x) - run(matmul_graph, x)).max() < 0.2
 
 
-def test_fp16_keeps_float32_inputs_and_outputs(matmul_graph, tmp_path):
-    """The fp16 graph stores float16 weights but takes and returns float32."""
-    convert_fp16(matmul_graph, tmp_path / "h.onnx")
-    model = onnx.load(str(tmp_path / "h.onnx"))
-    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
-    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
-    assert {t.data_type for t in model.graph.initializer} == {TensorProto.FLOAT16}
-    x = np.random.default_rng(2).normal(size=(3, 2, 16)).astype(np.float32)
-    assert np.abs(run(tmp_path / "h.onnx", x) - run(matmul_graph, x)).max() < 0.05
-
-
 def test_unreadable_graph_is_an_export_error(tmp_path):
-    """A failed quantisation or conversion is an ExportError naming the step."""
+    """A failed quantisation is an ExportError naming the step."""
     (tmp_path / "bad.onnx").write_bytes(b"nope")
     with pytest.raises(ExportError, match=r"^int8 quantisation of model\.onnx failed: "):
         quantize_int8(tmp_path / "bad.onnx", tmp_path / "q.onnx")
-    with pytest.raises(ExportError, match=r"^fp16 conversion of model\.onnx failed: "):
-        convert_fp16(tmp_path / "bad.onnx", tmp_path / "h.onnx")
 
 
 def test_pooled_matmuls_stay_float(tmp_path):
