@@ -4,16 +4,32 @@ from __future__ import annotations
 import pytest
 
 from textclassify.runtime.errors import ConfigError
-from textclassify.train.config import DEFAULT_CONFIG, validate_config
+from textclassify.train.config import DEFAULT_CONFIG, RULES, validate_config
 
 
-def test_defaults_are_valid():
-    """An empty config (plus a base URL-free provider) validates to the documented defaults."""
-    cfg = validate_config({})
-    assert cfg["llm_provider"] == "deepseek"
-    assert cfg["fusion"]["hidden_dims"] == [64, 32]
-    assert cfg["fusion"]["ml_lr"] == 1e-5 and cfg["fusion"]["fusion_lr"] == 1e-3
-    assert cfg["ml"] == DEFAULT_CONFIG["ml"]
+def test_every_default_passes_its_own_rule():
+    """Each default value satisfies the rule validate_config applies to it (element rules included)."""
+    for path, (check, expected) in RULES.items():
+        if path.endswith("[]"):
+            continue
+        value = DEFAULT_CONFIG
+        for part in path.split("."):
+            value = value[part]
+        assert check(value), f"default of {path} ({value!r}) is not {expected}"
+        element = RULES.get(f"{path}[]")
+        if element is not None:
+            assert all(element[0](item) for item in value), path
+
+
+def test_validated_config_is_a_copy():
+    """Changing a validated config (or the dict passed in) never changes the defaults or the caller's dict."""
+    given = {"fusion": {"hidden_dims": [8]}}
+    cfg = validate_config(given)
+    cfg["fusion"]["hidden_dims"].append(4)
+    cfg["ml"]["batch_size"] = 99
+    assert given == {"fusion": {"hidden_dims": [8]}}
+    assert validate_config({})["ml"]["batch_size"] == DEFAULT_CONFIG["ml"]["batch_size"] != 99
+    assert DEFAULT_CONFIG["fusion"]["hidden_dims"] == validate_config({})["fusion"]["hidden_dims"]
 
 
 def test_nested_override_keeps_other_defaults():
