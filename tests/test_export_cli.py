@@ -48,7 +48,7 @@ def test_cli_exports_a_saved_model_that_the_runtime_serves_like_predict(saved):
     assert "fusion-export [" in result.stderr and "loading the saved model from" in result.stderr
     manifest = json.loads((out / K.MANIFEST_FILE).read_text())
     assert manifest["max_length"] == 48 and manifest["llm"]["score_method"] == "json"
-    assert manifest["variants"]["fp16"] == K.MODEL_FP16_FILE and manifest["parity"]["fp16"]["checked_on"] == "cpu"
+    assert manifest["variants"]["fp16"] == K.ENCODER_FP16_FILE and manifest["parity"]["fp16"]["checked_on"] == "cpu"
     assert manifest["parity"]["fp32"]["n_texts"] == len(clf.validation_["texts"]) + 1
 
     texts = [t for t, _ in make_tickets(25, seed=8)]

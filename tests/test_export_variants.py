@@ -47,7 +47,7 @@ def test_int8_quantises_weights_per_channel(matmul_graph, tmp_path):
 def test_unreadable_graph_is_an_export_error(tmp_path):
     """A failed quantisation is an ExportError naming the step."""
     (tmp_path / "bad.onnx").write_bytes(b"nope")
-    with pytest.raises(ExportError, match=r"^int8 quantisation of model\.onnx failed: "):
+    with pytest.raises(ExportError, match=r"^int8 quantisation of encoder\.onnx failed: "):
         quantize_int8(tmp_path / "bad.onnx", tmp_path / "q.onnx")
 
 
