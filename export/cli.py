@@ -26,7 +26,8 @@ first foreign entry, unless --force (which says what it removes).
 class _OneLineErrors(click.Command):
     """Usage errors as one `Error: ...` line too (click's default adds the usage and a hint)."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102 -- click's entry point
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Click's entry point, with usage errors shown as one Error: line."""
         if kwargs.get("standalone_mode", True) is False:
             return super().main(*args, **kwargs)
         try:
