@@ -1,13 +1,10 @@
 """fusion-export: a saved model folder -> an ONNX bundle (the command-line twin of `clf.export`)."""
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import click
 
 from textclassify.runtime import constants as K
-from textclassify.runtime.errors import one_line
+from textclassify.runtime.cli_base import OneLineErrorCommand
 
 EPILOG = """\b
 Examples:
@@ -23,24 +20,7 @@ first foreign entry, unless --force (which says what it removes).
 """
 
 
-class _OneLineErrors(click.Command):
-    """Usage errors as one `Error: ...` line too (click's default adds the usage and a hint)."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        """Click's entry point, with usage errors shown as one Error: line."""
-        if kwargs.get("standalone_mode", True) is False:
-            return super().main(*args, **kwargs)
-        try:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.Abort:
-            click.echo("Error: aborted.", err=True)
-            sys.exit(1)
-        except click.ClickException as e:
-            click.echo(f"Error: {one_line(e.format_message()) or 'failed'}", err=True)
-            sys.exit(e.exit_code)
-
-
-@click.command(cls=_OneLineErrors, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineErrorCommand, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_dir", required=True, metavar="SAVED_DIR",
               help="Folder written by AutoFusionClassifier.save (or fusion-train).")
 @click.option("--output", "output_dir", required=True, metavar="BUNDLE_DIR",
@@ -56,21 +36,16 @@ class _OneLineErrors(click.Command):
 def main(model_dir: str, output_dir: str, int8: bool, fp16: bool, opset: int, max_length: int | None,
          force: bool, debug: bool) -> None:
     """Export a saved textclassify model to a self-contained ONNX bundle (no pickle, checked for parity)."""
-    try:
-        from textclassify.export.api import export_bundle
-        from textclassify.export.bundle_writer import check_target, foreign_entries
+    from textclassify.export.api import export_bundle
+    from textclassify.export.bundle_writer import check_target, foreign_entries
 
-        target = check_target(output_dir, force=force)  # before any work: a refused target costs nothing
-        if force and target.is_dir():
-            foreign = foreign_entries(target)
-            if foreign:
-                shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
-                click.echo(f"--force: replacing {target} removes {len(foreign)} entr"
-                           f"{'y' if len(foreign) == 1 else 'ies'} that are not part of a bundle: {shown}", err=True)
-        path = export_bundle(model_dir, output_dir, int8=int8, fp16=fp16, opset=opset, max_length=max_length,
-                             progress=True, force=force)
-    except Exception as e:  # noqa: BLE001 -- the CLI's contract: one line, no traceback unless --debug
-        if debug:
-            raise
-        raise click.ClickException(one_line(e)) from None
+    target = check_target(output_dir, force=force)  # before any work: a refused target costs nothing
+    if force and target.is_dir():
+        foreign = foreign_entries(target)
+        if foreign:
+            shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+            click.echo(f"--force: replacing {target} removes {len(foreign)} entr"
+                       f"{'y' if len(foreign) == 1 else 'ies'} that are not part of a bundle: {shown}", err=True)
+    path = export_bundle(model_dir, output_dir, int8=int8, fp16=fp16, opset=opset, max_length=max_length,
+                         progress=True, force=force)
     click.echo(str(path))

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.atomic import write_atomic
-from textclassify.runtime.errors import DataError, TextClassifyError, one_line
+from textclassify.runtime.cli_base import OneLineErrorCommand
+from textclassify.runtime.errors import DataError
 from textclassify.runtime.output_paths import STDOUT, check_output_file, exit_on_sigterm
 from textclassify.runtime.validation import DEFAULT_MAX_TEXT_CHARS, check_base_url, check_unicode
 
@@ -41,7 +42,8 @@ file, or the input file itself, is refused. The LLM API key comes from the provi
 """
 
 
-@click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=OneLineErrorCommand, epilog=EXAMPLES,
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--bundle", "bundle_dir", required=True, help="Bundle directory (written by fusion-export).")
 @click.option("--input", "input_path", required=True, help="Texts to score: a .csv or .jsonl file (UTF-8).")
 @click.option("--output", "output_path", required=True,
@@ -73,22 +75,12 @@ def main(bundle_dir: str, input_path: str, output_path: str, output_format: str 
          providers: str, variant: str, device_id: int, int8_recheck: bool, on_llm_error: str, batch_size: int,
          llm_base_url: str | None, cache_dir: str, max_text_chars: int, long_texts: str, debug: bool) -> None:
     """Score every text of INPUT with a textclassify bundle and write predictions to OUTPUT."""
-    try:
-        with exit_on_sigterm():
-            summary = predict_file(
-                bundle_dir, input_path, output_path, text_column=text_column, providers=_providers(providers),
-                variant=variant, on_llm_error=on_llm_error, batch_size=batch_size, llm_base_url=llm_base_url,
-                device_id=device_id, cache_dir=cache_dir, int8_recheck=int8_recheck, output_format=output_format,
-                max_text_chars=max_text_chars, long_texts=long_texts)
-    except (TextClassifyError, OSError) as e:
-        if debug:
-            raise
-        raise click.ClickException(one_line(e)) from None
-    except Exception as e:  # noqa: BLE001 -- the CLI's contract: one `Error:` line, the traceback with --debug
-        if debug:
-            raise
-        raise click.ClickException(f"unexpected {type(e).__name__}: {one_line(e)} (rerun with --debug for the "
-                                   "traceback)") from None
+    with exit_on_sigterm():
+        summary = predict_file(
+            bundle_dir, input_path, output_path, text_column=text_column, providers=_providers(providers),
+            variant=variant, on_llm_error=on_llm_error, batch_size=batch_size, llm_base_url=llm_base_url,
+            device_id=device_id, cache_dir=cache_dir, int8_recheck=int8_recheck, output_format=output_format,
+            max_text_chars=max_text_chars, long_texts=long_texts)
     where = "stdout" if output_path == STDOUT else output_path
     click.echo(f"Wrote {summary['rows']} rows to {where} ({summary['degraded_rows']} degraded, "
                f"{summary['error_rows']} without an answer); summary in {summary['summary_file'] or 'stderr'}",

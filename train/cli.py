@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from textclassify.runtime.cli_base import OneLineErrorCommand
 from textclassify.runtime.errors import ConfigError, TextClassifyError, one_line
 from textclassify.runtime.output_paths import check_output_dir
 from textclassify.train.yaml_config import (
@@ -120,7 +121,8 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     return out
 
 
-@click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=OneLineErrorCommand, epilog=EXAMPLES,
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--create-config", "create_config", metavar="PATH",
               help="Write a commented default config to PATH and exit.")
 @click.option("--force", is_flag=True, help="With --create-config: replace an existing file.")
