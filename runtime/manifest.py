@@ -375,12 +375,14 @@ def _pipeline(raw: dict[str, Any], n_labels: int) -> list[dict[str, Any]]:
         outputs = _io(step, "outputs", at, n_labels, needs_source=False)
         allowed = {"component": ("tokenizer.input_ids", "tokenizer.attention_mask", "texts"),
                    "calibrator": ("llm.scores",), "fusion": None}[role]
+        reads = list(allowed) if allowed else "earlier graphs outputs and llm.present"
         for key, spec in inputs.items():
             source = spec["from"]
-            if source not in made or (allowed is not None and source not in allowed)                     or (role == "fusion" and source in ("tokenizer.input_ids", "tokenizer.attention_mask", "texts",
-                                                        "llm.scores")):
+            raw_source = source in RUNTIME_SOURCES and source != "llm.present"
+            if source not in made or (allowed is not None and source not in allowed) \
+                    or (role == "fusion" and raw_source):
                 raise BundleError(f"{at}.inputs.{key}.from' {source!r} is not something this step can read "
-                                  f"(a {role} reads {list(allowed) if allowed else 'earlier graphs outputs and llm.present'}).")
+                                  f"(a {role} reads {reads}).")
             if made[source] != spec["dtype"]:
                 raise BundleError(f"{at}.inputs.{key}.dtype' is {spec['dtype']!r} but {source!r} is {made[source]!r}.")
         if len(outputs) != 1 or next(iter(outputs.values()))["dtype"] != "float32":

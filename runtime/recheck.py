@@ -4,8 +4,9 @@ Dynamic int8 moves each logit by a few hundredths (the export measures by how mu
 change a decision whose margin is that small. A row's margin is the gap between its top two logits
 (multi-class) or the smallest distance of a label's logit from its threshold (multi-label). The export
 records the largest margin change it saw on the parity texts, times RECHECK_SAFETY, for fused_logits
-and for ml_logits (which decide the rows without an LLM score); rows of an int8 run whose margin is
-below theirs are run again through model.onnx.
+and for the no-LLM answer (fusion with llm_present = 0, which decides the rows without an LLM score);
+rows of an int8 run whose margin is below theirs get their encoder logits again from the fp32
+encoder.onnx and are fused again.
 """
 from __future__ import annotations
 
