@@ -1,7 +1,6 @@
 """Stage 1: load any Hugging Face encoder and fine-tune it (CE or BCE), with early stopping."""
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -14,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from textclassify.runtime.errors import ConfigError
+from textclassify.train.early_stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def train_encoder(model: nn.Module, tokenizer: Any, train_texts: Sequence[str], 
     batch_size, steps = ml["batch_size"], plan.max_steps
     optimizer = torch.optim.AdamW(model.parameters(), lr=plan.learning_rate, weight_decay=ml["weight_decay"])
     scheduler = get_linear_schedule_with_warmup(optimizer, int(ml["warmup_ratio"] * steps), steps)
-    history, best_state, best_key, bad = StageHistory(), None, (-1.0, 0.0), 0
+    history, stopper = StageHistory(), EarlyStopping(plan.patience)  # best by (macro-F1, -loss)
     bar = tqdm(total=steps, desc="stage 1: encoder", disable=not progress, unit="step", leave=False)
     total, seen, step, stop = 0.0, 0, 0, False
     while step < steps and not stop:
@@ -203,19 +203,14 @@ def train_encoder(model: nn.Module, tokenizer: Any, train_texts: Sequence[str], 
             history.eval_steps.append(step)
             total, seen = 0.0, 0
             model.train()
-            if (f1, -val_loss) > best_key:
-                best_key, best_state, bad = (f1, -val_loss), copy.deepcopy(model.state_dict()), 0
+            if stopper.update((f1, -val_loss), model):
                 history.best_epoch = len(history.val_loss) - 1
-            else:
-                bad += 1
-                if bad >= plan.patience:
-                    stop = True
+            stop = stopper.stop
             if stop or step >= steps:
                 break
     history.steps_run = step
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stopper.restore(model)
     model.eval()
     return history
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from textclassify.train.early_stopping import EarlyStopping
 from textclassify.train.encoder import (
     loss_function,
     optimizer_step,
@@ -27,6 +28,8 @@ from textclassify.train.encoder import (
     tokenize,
 )
 from textclassify.train.fusion_model import FusionMLP, FusionWrapper, present_column
+
+LOSS_MIN_DELTA = 1e-7  # a validation loss must drop by more than this to count as better
 
 
 @dataclass
@@ -99,7 +102,8 @@ def warm_up_mlp(mlp: FusionMLP, train_features: np.ndarray, train_targets: np.nd
     loss_fn = loss_function(multi_label)
     mlp.set_feature_scaling(x_tr)
     optimizer = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=0.01)
-    best, best_state, bad = float("inf"), copy.deepcopy(mlp.state_dict()), 0
+    stopper = EarlyStopping(patience, min_delta=LOSS_MIN_DELTA, best=float("-inf"),
+                            best_state=copy.deepcopy(mlp.state_dict()))  # scores are -loss
     for _ in range(epochs):
         mlp.train()
         order = torch.randperm(len(x_tr), generator=gen)
@@ -108,22 +112,17 @@ def warm_up_mlp(mlp: FusionMLP, train_features: np.ndarray, train_targets: np.nd
             idx = order[start:start + batch_size]
             present = dropout_mask(len(idx), llm_dropout, gen, x_tr)
             loss = loss_fn(head_on_features(mlp, x_tr[idx], present), y_tr[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(optimizer, loss, mlp.parameters())  # clipped like every other training step
             total += loss.item() * len(idx)
         history.warmup_train_loss.append(total / max(1, len(order)))
         val = _mlp_loss(mlp, x_va, y_va, multi_label, llm_dropout)
         history.warmup_val_loss.append(val)
-        if val < best - 1e-7:
-            best, best_state, bad = val, copy.deepcopy(mlp.state_dict()), 0
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    mlp.load_state_dict(best_state)
+        stopper.update(-val, mlp)
+        if stopper.stop:
+            break
+    stopper.restore(mlp)
     mlp.eval()
-    return best
+    return -stopper.best
 
 
 @torch.no_grad()
@@ -205,14 +204,15 @@ def train_fusion(encoder: torch.nn.Module, tokenizer: Any, *, train_texts: Seque
         batch_size=fusion["batch_size"], seed=seed, history=history, llm_dropout=p_drop,
     )
     wrapper = FusionWrapper(encoder, mlp).to(pick_device())
-    best_state = copy.deepcopy(wrapper.state_dict())
+    stopper = EarlyStopping(fusion["early_stopping_patience"], min_delta=LOSS_MIN_DELTA, best=-best,
+                            best_state=copy.deepcopy(wrapper.state_dict()))  # the warm-up result to beat
     optimizer = build_joint_optimizer(wrapper, fusion["ml_lr"], fusion["fusion_lr"])
     history.param_group_lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
     loss_fn = loss_function(multi_label)
     y_train = targets_tensor(train_targets, multi_label)
     gen = torch.Generator().manual_seed(seed + 1)
     drop_gen = torch.Generator().manual_seed(seed + 2)
-    device, bad = pick_device(), 0
+    device = pick_device()
     bs = fusion["batch_size"]
     bar = tqdm(total=fusion["num_epochs"], desc="stage 2: joint", disable=not progress, unit="epoch", leave=False)
     for epoch in range(fusion["num_epochs"]):
@@ -231,14 +231,11 @@ def train_fusion(encoder: torch.nn.Module, tokenizer: Any, *, train_texts: Seque
         history.joint_val_loss.append(val)
         bar.update(1)
         bar.set_postfix(val_loss=f"{val:.3f}")
-        if val < best - 1e-7:
-            best, best_state, bad = val, copy.deepcopy(wrapper.state_dict()), 0
+        if stopper.update(-val, wrapper):
             history.kept = f"joint epoch {epoch + 1}"
-        else:
-            bad += 1
-            if bad >= fusion["early_stopping_patience"]:
-                break
+        elif stopper.stop:
+            break
     bar.close()
-    wrapper.load_state_dict(best_state)
+    stopper.restore(wrapper)
     wrapper.eval()
     return wrapper, history
