@@ -64,7 +64,7 @@ def test_python_twin_writes_the_same_kind_of_bundle(saved):
     clf, tmp = saved
     path = clf.export(tmp / "twin", progress=False)
     manifest = json.loads((path / K.MANIFEST_FILE).read_text())
-    assert manifest["variants"] == {"fp32": K.MODEL_FILE} and manifest["labels"] == clf.labels_
+    assert manifest["variants"] == {"fp32": K.ENCODER_FILE} and manifest["labels"] == clf.labels_
 
 
 def test_cli_user_error_is_one_line_without_traceback(tmp_path):

@@ -157,8 +157,8 @@ def test_bundle_files_are_data_only(saved):
     """Every file an export writes is ONNX protobuf (inline weights) or JSON: no pickle, no zip checkpoint."""
     _, _, bundle_dir = saved
     kinds = {p.name: classify_file(p) for p in _all_files(bundle_dir)}
-    assert kinds == {"manifest.json": "json", "model.onnx": "onnx", "model.int8.onnx": "onnx",
-                     "calibrator.onnx": "onnx", "tokenizer.json": "json"}
+    assert kinds == {"manifest.json": "json", "encoder.onnx": "onnx", "encoder.int8.onnx": "onnx",
+                     "fusion.onnx": "onnx", "calibrator.onnx": "onnx", "tokenizer.json": "json"}
 
 
 def test_saved_model_files_are_data_only(saved):
@@ -276,9 +276,9 @@ def tokenizer_extra_space(bundle: Path) -> str:
 
 def manifest_hash_swapped(bundle: Path) -> str:
     m = _manifest(bundle)
-    m["files"]["model.onnx"]["sha256"] = m["files"]["calibrator.onnx"]["sha256"]
+    m["files"]["encoder.onnx"]["sha256"] = m["files"]["calibrator.onnx"]["sha256"]
     _write_manifest(bundle, m)
-    return "model.onnx: sha256 differs from the manifest (tampered or corrupted file)."
+    return "encoder.onnx: sha256 differs from the manifest (tampered or corrupted file)."
 
 
 def manifest_sha_edited(bundle: Path) -> str:
@@ -326,15 +326,15 @@ def variant_unlisted(bundle: Path) -> str:
     m = _manifest(bundle)
     m["variants"]["fp32"] = "evil.onnx"
     _write_manifest(bundle, m)
-    shutil.copyfile(bundle / "model.onnx", bundle / "evil.onnx")
+    shutil.copyfile(bundle / "encoder.onnx", bundle / "evil.onnx")
     return "evil.onnx (variants.fp32) is not listed in manifest.json 'files'; refusing an unverified file."
 
 
 def symlink_model_out(bundle: Path) -> str:
-    outside = _outside_copy(bundle, "model.onnx")  # identical bytes: the sha256 alone would pass
-    (bundle / "model.onnx").unlink()
-    (bundle / "model.onnx").symlink_to(outside)
-    return f"model.onnx: is a symlink that leaves the bundle (-> {outside.resolve()}); refusing it."
+    outside = _outside_copy(bundle, "encoder.onnx")  # identical bytes: the sha256 alone would pass
+    (bundle / "encoder.onnx").unlink()
+    (bundle / "encoder.onnx").symlink_to(outside)
+    return f"encoder.onnx: is a symlink that leaves the bundle (-> {outside.resolve()}); refusing it."
 
 
 def symlink_tokenizer_out(bundle: Path) -> str:
@@ -351,19 +351,19 @@ def symlink_to_dev_zero(bundle: Path) -> str:
 
 
 def fifo_instead_of_model(bundle: Path) -> str:
-    (bundle / "model.onnx").unlink()
-    os.mkfifo(bundle / "model.onnx")  # reading it would block forever
-    return "model.onnx: is not a regular file."
+    (bundle / "encoder.onnx").unlink()
+    os.mkfifo(bundle / "encoder.onnx")  # reading it would block forever
+    return "encoder.onnx: is not a regular file."
 
 
 def int8_tampered(bundle: Path) -> str:
-    _flip(bundle / "model.int8.onnx", 5000)
-    return "model.int8.onnx: sha256 differs from the manifest (tampered or corrupted file)."
+    _flip(bundle / "encoder.int8.onnx", 5000)
+    return "encoder.int8.onnx: sha256 differs from the manifest (tampered or corrupted file)."
 
 
 TAMPERINGS = [
-    tamper_flip("model.onnx", 4096), tamper_flip("calibrator.onnx", 64), tamper_flip("tokenizer.json", 100),
-    int8_tampered, tokenizer_extra_space, tamper_truncate("model.onnx"), tamper_truncate("tokenizer.json"),
+    tamper_flip("encoder.onnx", 4096), tamper_flip("calibrator.onnx", 64), tamper_flip("tokenizer.json", 100),
+    int8_tampered, tokenizer_extra_space, tamper_truncate("encoder.onnx"), tamper_truncate("tokenizer.json"),
     manifest_hash_swapped, manifest_sha_edited, manifest_truncated, manifest_not_utf8, manifest_huge,
     manifest_lists_etc_passwd, tokenizer_points_at_etc_passwd, variant_unlisted, symlink_model_out,
     symlink_tokenizer_out, symlink_to_dev_zero, fifo_instead_of_model,
@@ -389,28 +389,28 @@ def test_untampered_copy_loads_under_the_guard(copy, guarded, tmp_path):
 
 
 def test_graph_naming_unlisted_external_data_is_refused(copy, tmp_path):
-    """model.onnx re-saved with its weights in weights.bin beside it, unlisted, and the manifest re-hashed: ONNX
+    """encoder.onnx re-saved with its weights in weights.bin beside it, unlisted, and the manifest re-hashed: ONNX
     Runtime opening that path itself reads the weights, but load_bundle hands it the verified graph alone."""
     import onnxruntime
 
-    onnx.save_model(onnx.load(copy / "model.onnx"), copy / "model.onnx", save_as_external_data=True,
+    onnx.save_model(onnx.load(copy / "encoder.onnx"), copy / "encoder.onnx", save_as_external_data=True,
                     all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
     m = _manifest(copy)
-    data = (copy / "model.onnx").read_bytes()
-    m["files"]["model.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    data = (copy / "encoder.onnx").read_bytes()
+    m["files"]["encoder.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     _write_manifest(copy, m)
-    onnxruntime.InferenceSession(str(copy / "model.onnx"), providers=["CPUExecutionProvider"])  # reachable there
-    with pytest.raises(BundleError, match=r"^model.onnx: ONNX Runtime could not load it \(.*[Ee]xternal data"):
+    onnxruntime.InferenceSession(str(copy / "encoder.onnx"), providers=["CPUExecutionProvider"])  # reachable there
+    with pytest.raises(BundleError, match=r"^encoder.onnx: ONNX Runtime could not load it \(.*[Ee]xternal data"):
         load_bundle(copy, providers="cpu", cache_dir=tmp_path / "cache")
 
 
 def test_wrong_graph_with_valid_hash_is_refused(copy, tmp_path):
-    """A manifest re-hashed after model.onnx was replaced by the calibrator: refused for its missing inputs."""
-    shutil.copyfile(copy / "calibrator.onnx", copy / "model.onnx")
+    """A manifest re-hashed after encoder.onnx was replaced by the calibrator: refused for its inputs, by field."""
+    shutil.copyfile(copy / "calibrator.onnx", copy / "encoder.onnx")
     m = _manifest(copy)
-    data = (copy / "model.onnx").read_bytes()
-    m["files"]["model.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    data = (copy / "encoder.onnx").read_bytes()
+    m["files"]["encoder.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     _write_manifest(copy, m)
-    with pytest.raises(BundleError, match=r"^model.onnx: the graph has no input \['input_ids', 'attention_mask', "
-                                          r"'llm_scores'\]"):
+    with pytest.raises(BundleError, match=r"^encoder.onnx: the graph's inputs \['llm_scores_raw'\] differ from "
+                                          r"manifest.json 'pipeline\[0\].inputs'"):
         load_bundle(copy, providers="cpu", cache_dir=tmp_path / "cache")
