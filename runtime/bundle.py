@@ -18,8 +18,13 @@ from typing import Any
 import numpy as np
 
 from textclassify.runtime import constants as K
-from textclassify.runtime.decoding import decode_predictions, encode_targets, logits_to_probabilities
-from textclassify.runtime.errors import BundleError, ConfigError, DataError, LLMError
+from textclassify.runtime.decoding import (
+    decode_predictions,
+    encode_targets,
+    encode_true_labels,
+    logits_to_probabilities,
+)
+from textclassify.runtime.errors import BundleError, ConfigError, LLMError
 from textclassify.runtime.gate import GATE_CHOICES, confidence, skips_llm
 from textclassify.runtime.graph_errors import is_onnxruntime_error, load_error, run_checked
 from textclassify.runtime.llm import LLMScorer, LLMSettings
@@ -224,7 +229,7 @@ class Bundle:
         texts = validate_texts(texts)
         targets = None
         if labels is not None:
-            targets = self._encode_labels(labels, len(texts))
+            targets = encode_true_labels(labels, len(texts), self.labels, self.multi_label)
         out = run_checked(self, texts)
         probs = out.probabilities
         predictions = decode_predictions(probs, self.labels, self.multi_label, self._manifest.thresholds)
@@ -253,16 +258,6 @@ class Bundle:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _encode_labels(self, labels: Sequence[Any], n: int) -> np.ndarray:
-        if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
-            raise DataError(f"'labels' must be a list with one entry per text (got {type(labels).__name__}).")
-        if len(labels) != n:
-            raise DataError(f"'labels' has {len(labels)} entries but there are {n} texts; they must match.")
-        try:
-            return encode_targets(labels, self.labels, self.multi_label)
-        except ValueError as e:
-            raise DataError(str(e)) from None
 
     def _run(self, texts: list[str]) -> _Answer:
         """The pipeline on validated texts: components, no-LLM answer, gate, LLM for the rest, fusion."""

@@ -88,3 +88,23 @@ def encode_targets(targets: Sequence[Any], labels: Sequence[str], multi_label: b
         for name in names:
             out[i, lookup(i, name)] = 1
     return out
+
+
+def encode_true_labels(labels: Sequence[Any] | None, n_texts: int, label_names: Sequence[str],
+                       multi_label: bool) -> np.ndarray | None:
+    """The true labels of `predict(texts, labels)` as targets, checked before any model runs; None for no labels.
+
+    One label per text: a class name, or for multi-label a list of names or a 0/1 row in `label_names` order.
+    """
+    from textclassify.runtime.types import indicator_rows_to_names  # types imports this module
+
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes)):
+        raise DataError("labels: expected a list with one label (or label list) per text, got a single string.")
+    labels = list(labels)
+    if len(labels) != n_texts:
+        raise DataError(f"labels: {len(labels)} labels for {n_texts} texts; they must match.")
+    if multi_label:
+        labels = indicator_rows_to_names(labels, list(label_names)) or labels
+    return encode_targets(labels, list(label_names), multi_label)

@@ -135,7 +135,7 @@ def test_input_validation(toy, llm_server: FakeLLMServer, tmp_path: Path, texts,
 def test_label_validation(toy, llm_server: FakeLLMServer, tmp_path: Path) -> None:
     """labels of the wrong length or with an unknown name are DataErrors, before any LLM request."""
     with load_bundle(toy[0], llm_base_url=llm_server.base_url, cache_dir=tmp_path) as bundle:
-        with pytest.raises(DataError, match=r"^'labels' has 1 entries but there are 2 texts; they must match\.$"):
+        with pytest.raises(DataError, match=r"^labels: 1 labels for 2 texts; they must match\.$"):
             bundle.predict(["a", "b"], labels=["billing"])
         with pytest.raises(DataError, match=r"^labels\[1\]: unknown label 'refunds'"):
             bundle.predict(["a", "b"], labels=["billing", "refunds"])

@@ -15,6 +15,7 @@ from textclassify.runtime.decoding import (
     decide,
     decode_predictions,
     encode_targets,
+    encode_true_labels,
     logits_to_probabilities,
     scores_to_probabilities,
 )
@@ -227,10 +228,8 @@ class AutoFusionClassifier:
         items = validate_texts(texts)
         y = None
         if labels is not None:  # checked before any LLM request, as the bundle does
-            if len(labels) != len(items):
-                raise DataError(f"labels: {len(labels)} labels for {len(items)} texts; they must match.")
             self._check_fitted()
-            y = encode_targets(labels, self.labels_, self.multi_label_)
+            y = encode_true_labels(labels, len(items), self.labels_, self.multi_label_)
         probs, usage = self._predict(items)
         preds = decode_predictions(probs, self.labels_, self.multi_label_, self.thresholds_)
         metadata: dict[str, Any] = {"llm_usage": usage}

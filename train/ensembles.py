@@ -19,7 +19,7 @@ from textclassify.runtime import constants as K
 from textclassify.runtime.decoding import decide, encode_targets
 from textclassify.runtime.errors import ConfigError, DataError, check_is_fitted
 from textclassify.runtime.metrics import classification_metrics, log_loss
-from textclassify.runtime.types import ClassificationResult, TrainingData, indicator_rows_to_names
+from textclassify.runtime.types import ClassificationResult, TrainingData
 from textclassify.runtime.validation import validate_texts
 from textclassify.train.fusion_utils import (
     align_columns,
@@ -472,8 +472,6 @@ class FusionEnsemble:
     def predict(self, texts: Sequence[str], labels: Sequence[Any] | None = None) -> ClassificationResult:
         """Fused labels per text; metadata['metrics'] when `labels` are given, and metadata['llm_usage']."""
         self._check_fitted()
-        if labels is not None and self.multi_label_:
-            labels = indicator_rows_to_names(labels, self.labels_) or labels  # 0/1 rows in labels_ order
         result = self.classifier_.predict(texts, labels)
         result.metadata["ensemble_method"] = self.method
         return result

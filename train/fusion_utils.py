@@ -18,33 +18,15 @@ from typing import Any
 import numpy as np
 
 from textclassify.runtime.atomic import atomic_path, write_atomic
-from textclassify.runtime.decoding import decide, encode_targets
+from textclassify.runtime.decoding import decide, encode_targets, encode_true_labels
 from textclassify.runtime.errors import ConfigError, DataError
 from textclassify.runtime.metrics import classification_metrics
-from textclassify.runtime.types import ClassificationResult, TrainingData, indicator_rows_to_names
+from textclassify.runtime.types import ClassificationResult, TrainingData
 
 MAX_REPORTED_ERRORS = 20  # validate_fusion_data lists this many problems, then counts the rest
 
 
 # ----------------------------------------------------------------------- shared result helpers
-def encode_true_labels(labels: Sequence[Any] | None, n_texts: int, label_names: Sequence[str],
-                       multi_label: bool) -> np.ndarray | None:
-    """Targets for `predict(texts, labels)`, checked before any model runs; None when no labels."""
-    if labels is None:
-        return None
-    if isinstance(labels, (str, bytes)):
-        raise DataError("labels: expected a list with one label (or label list) per text, got a single string.")
-    labels = list(labels)
-    if len(labels) != n_texts:
-        raise DataError(f"labels: {len(labels)} labels for {n_texts} texts; they must match.")
-    if multi_label:
-        labels = indicator_rows_to_names(labels, list(label_names)) or labels
-    try:
-        return encode_targets(labels, list(label_names), multi_label)
-    except ValueError as e:
-        raise DataError(str(e)) from None
-
-
 def targets_to_predictions(targets: np.ndarray, label_names: Sequence[str], multi_label: bool) -> list[Any]:
     """Label names per row: one name (multi-class) or the list of names whose column is 1."""
     if not multi_label:
