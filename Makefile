@@ -3,7 +3,7 @@
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip --disable-pip-version-check
 STAMP   := .venv/.stamp-install
-EXTRAS  := cpu,train,export,dev,demo,serve
+EXTRAS  := cpu,train,export,dev,demo,ray,serve
 
 .PHONY: test demo lint docs docs-check clean-venv
 
