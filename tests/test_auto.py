@@ -44,19 +44,26 @@ def test_fit_scores_only_fusion_split_and_eval(fitted_multiclass):
     """Training asks the LLM about the fusion split and the evaluation data only."""
     clf, _, requests = fitted_multiclass
     splits = clf.metadata_["splits"]
-    assert requests == splits["fusion_train"] + splits["fusion_val"] + 300
-    assert 230 <= splits["fusion_train"] + splits["fusion_val"] <= 250
+    assert requests == splits["fusion"] + 300
+    assert 230 <= splits["fusion"] <= 250
 
 
 def test_fit_reports_every_model_side_by_side(fitted_multiclass):
-    """metadata_ and output_dir/metrics.json hold ML, LLM, stacker and fused metrics plus LLM usage."""
+    """metadata_ and output_dir/metrics.json hold every component's, the stacker's and the fused metrics, LLM usage,
+    the stage-1 schedule and the combiners' cross-validation table with the one that serves."""
     clf, tmp, _ = fitted_multiclass
     metrics = clf.metadata_["metrics"]
-    assert set(metrics) == {"ml", "ml_stage1", "llm_raw", "llm", "stacker", "fused"}
+    assert set(metrics) == {"ml", "lexical", "llm_raw", "llm", "stacker", "fused", "fused_no_llm"}
     on_disk = json.loads((tmp / "out" / "metrics.json").read_text())
     assert on_disk["metrics"]["fused"]["accuracy"] == metrics["fused"]["accuracy"]
     assert on_disk["llm_usage"]["requests"] > 0 and on_disk["llm_usage"]["total_tokens"] > 0
-    assert clf.metadata_["history"]["stage2"]["param_group_lrs"] == {"encoder": 1e-4, "fusion_mlp": 1e-3}
+    assert on_disk["stage1"]["plan"]["learning_rate_source"] == "user" and on_disk["stage1"]["steps_run"] > 0
+    table = on_disk["combiner"]["cv_table"]
+    assert {r["combiner"] for r in table} == {"encoder", "lexical", "llm", "stacker", "stacker+lexical", "mlp",
+                                              "mlp+lexical"}
+    chosen = [r for r in table if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["combiner"] == on_disk["combiner"]["chosen"] == clf.combiner_
+    assert chosen[0]["cv_log_loss"] <= min(r["cv_log_loss"] for r in table) + 0.002
 
 
 def test_fused_beats_each_model_and_matches_the_stacker(fitted_multiclass):
@@ -64,8 +71,8 @@ def test_fused_beats_each_model_and_matches_the_stacker(fitted_multiclass):
     clf, _, _ = fitted_multiclass
     m = {k: v["accuracy"] for k, v in clf.metadata_["metrics"].items()}
     print(m)
-    assert m["fused"] > m["llm"] and m["fused"] > m["ml_stage1"]
-    assert m["fused"] >= m["stacker"]
+    assert m["fused"] > m["llm"] and m["fused"] > m["ml"]
+    assert m["fused"] >= m["stacker"] - 0.01
 
 
 def test_predict_contract(fitted_multiclass, server):
@@ -129,7 +136,9 @@ def test_multi_label_fit_predict(server, tiny_roberta_dir, tmp_path):
     assert {"hamming_loss", "subset_accuracy"} <= set(res.metadata["metrics"])
     m = {k: v["micro_f1"] for k, v in clf.metadata_["metrics"].items()}
     print(m)
-    assert m["fused"] >= max(m["llm"], m["ml_stage1"]) - 0.02
+    assert m["fused"] >= max(m["llm"], m["ml"]) - 0.02
+    thresholds = clf.metadata_["combiner"]["thresholds"]
+    assert thresholds == clf.thresholds_ and len(thresholds) == 3 and all(0 < t < 1 for t in thresholds)
 
 
 def test_bad_data_sends_no_llm_request(server, tiny_roberta_dir, tmp_path):
@@ -144,7 +153,12 @@ def test_bad_data_sends_no_llm_request(server, tiny_roberta_dir, tmp_path):
 
 def test_fit_writes_the_report(fitted_multiclass):
     """fit writes output_dir/report/ with metrics, confusion matrices, reliability diagram and curves."""
-    _, tmp, _ = fitted_multiclass
+    clf, tmp, _ = fitted_multiclass
     names = {p.name for p in (tmp / "out" / "report").iterdir()}
     assert {"metrics.json", "summary.txt", "confusion_matrix_fused.png", "confusion_matrix_ml.png",
             "reliability_llm.png", "training_curves.png"} <= names
+    summary = (tmp / "out" / "report" / "summary.txt").read_text()
+    assert f"Combiner serving: {clf.combiner_} (lowest 5-fold cross-fitted log-loss" in summary
+    assert summary.count("<- serves") == 1 and "Stage 1: lr 0.001 (user)" in summary
+    report = json.loads((tmp / "out" / "report" / "metrics.json").read_text())
+    assert report["combiner"]["chosen"] == clf.combiner_ and len(report["combiner"]["cv_table"]) == 7

@@ -78,6 +78,10 @@ class CVResult:
     macro_f1: float
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def kind(self) -> str:
+        return CANDIDATES[self.name][2] if self.name in CANDIDATES else "other"
+
     def row(self) -> dict[str, Any]:
         return {"combiner": self.name, "cv_log_loss": round(self.log_loss, 5), "cv_accuracy": round(self.accuracy, 5),
                 "cv_macro_f1": round(self.macro_f1, 5)}
@@ -99,3 +103,123 @@ def choose(results: Sequence[CVResult]) -> CVResult:
     best = min(r.log_loss for r in results)
     tied = [r for r in results if r.log_loss <= best + TIE_TOLERANCE]
     return min(tied, key=lambda r: (r.complexity, r.log_loss))
+
+
+# ------------------------------------------------------------------------------- combiner choice
+# name -> (complexity, components it reads, kind); a tie in CV log-loss goes to the lowest complexity.
+CANDIDATES: dict[str, tuple[int, tuple[str, ...], str]] = {
+    "encoder": (0, ("ml",), "select"),
+    "lexical": (0, ("ml", "lexical"), "select"),
+    "llm": (0, ("ml",), "select"),
+    "stacker": (1, ("ml",), "stacker"),
+    "stacker+lexical": (2, ("ml", "lexical"), "stacker"),
+    "mlp": (3, ("ml",), "mlp"),
+    "mlp+lexical": (4, ("ml", "lexical"), "mlp"),
+}
+MLP_INNER_VAL = 0.2  # share of the MLP's training rows kept for its early stopping
+
+
+def candidate_names(has_lexical: bool, lexical_mode: str) -> list[str]:
+    """Which candidates compete: lexical 'off' drops the lexical ones, 'on' the ones without it."""
+    names = []
+    for name, (_, components, _) in CANDIDATES.items():
+        uses = "lexical" in components
+        if uses and (not has_lexical or lexical_mode == "off"):
+            continue
+        if not uses and lexical_mode == "on" and has_lexical and name in ("stacker", "mlp"):
+            continue
+        names.append(name)
+    return names
+
+
+def _features(components: tuple[str, ...], ml: np.ndarray, lexical: np.ndarray | None, cal: np.ndarray) -> np.ndarray:
+    parts = [ml] + ([lexical] if "lexical" in components else []) + [cal]
+    return np.hstack(parts).astype(np.float32)
+
+
+def fit_combiner(name: str, ml: np.ndarray, lexical: np.ndarray | None, cal: np.ndarray, targets: np.ndarray, *,
+                 multi_label: bool, fusion: dict[str, Any], seed: int) -> Any:
+    """One candidate fitted on these rows (component logits, calibrated scores), in the head signature."""
+    from textclassify.train.combiners import ComponentSelector, LinearStacker
+
+    _, components, kind = CANDIDATES[name]
+    n_labels = ml.shape[1]
+    if kind == "select":
+        component = {"encoder": "ml", "lexical": "lexical", "llm": "llm"}[name]
+        source = {"ml": ml, "lexical": lexical, "llm": cal}[component]
+        return ComponentSelector(n_labels, component, multi_label, components).fit(source, targets, ml_logits=ml)
+    feats = _features(components, ml, lexical, cal)
+    dropout = float(fusion.get("llm_dropout", 0.0))
+    if kind == "stacker":
+        return LinearStacker(n_labels, components).fit(feats, targets, multi_label=multi_label, llm_dropout=dropout,
+                                                       seed=seed)
+    return _fit_mlp(components, feats, targets, multi_label=multi_label, fusion=fusion, seed=seed)
+
+
+def _fit_mlp(components: tuple[str, ...], feats: np.ndarray, targets: np.ndarray, *, multi_label: bool,
+             fusion: dict[str, Any], seed: int) -> Any:
+    import torch
+
+    from textclassify.train.fusion_model import FusionMLP
+    from textclassify.train.fusion_training import FusionHistory, warm_up_mlp
+
+    n_labels = feats.shape[1] // (len(components) + 1)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(feats))
+    n_val = max(1, int(round(MLP_INNER_VAL * len(feats))))
+    val, train = order[:n_val], order[n_val:]
+    torch.manual_seed(seed)
+    mlp = FusionMLP((len(components) + 1) * n_labels, n_labels, fusion["hidden_dims"], fusion["dropout"],
+                    components=components)
+    warm_up_mlp(mlp, feats[train], targets[train], feats[val], targets[val], multi_label=multi_label,
+                lr=fusion["fusion_lr"], epochs=fusion["warmup_epochs"], batch_size=fusion["batch_size"], seed=seed,
+                history=FusionHistory(), llm_dropout=float(fusion.get("llm_dropout", 0.0)))
+    return mlp.eval()
+
+
+@dataclass
+class CombinerChoice:
+    """The cross-fitted comparison and the chosen combiner refitted on every row."""
+
+    name: str
+    head: Any
+    results: list[CVResult]
+    folds: int
+
+    def table(self) -> list[dict[str, Any]]:
+        return [{**r.row(), "chosen": r.name == self.name} for r in self.results]
+
+    def result(self, name: str) -> CVResult:
+        return next(r for r in self.results if r.name == name)
+
+
+def choose_combiner(ml: np.ndarray, lexical: np.ndarray | None, raw_llm: np.ndarray, targets: np.ndarray, *,
+                    folds: Sequence[np.ndarray], multi_label: bool, labels: Sequence[str], fusion: dict[str, Any],
+                    lexical_mode: str, seed: int, calibrator_factory: Callable[[np.ndarray, np.ndarray], Any]
+                    ) -> CombinerChoice:
+    """Compare every candidate on the same folds (calibrator fitted inside each fold), keep the best, refit it.
+
+    `ml` and `lexical` must already be out-of-sample for every row (stage-1 logits; cross-fitted lexical).
+    """
+    from textclassify.train.combiners import head_logits
+
+    n = len(targets)
+    names = candidate_names(lexical is not None, lexical_mode)
+    oof = {name: np.zeros((n, ml.shape[1]), dtype=np.float32) for name in names}
+    oof_no = {name: np.zeros((n, ml.shape[1]), dtype=np.float32) for name in names}
+    for k, test in enumerate(folds):
+        train = complement(test, n)
+        cal = calibrator_factory(raw_llm[train], targets[train])
+        cal_tr, cal_te = cal.transform(raw_llm[train]), cal.transform(raw_llm[test])
+        lex_tr = None if lexical is None else lexical[train]
+        lex_te = None if lexical is None else lexical[test]
+        for name in names:
+            head = fit_combiner(name, ml[train], lex_tr, cal_tr, targets[train], multi_label=multi_label,
+                                fusion=fusion, seed=seed + k)
+            oof[name][test] = head_logits(head, ml[test], lex_te, cal_te)
+            oof_no[name][test] = head_logits(head, ml[test], lex_te, None)
+    results = [score_logits(name, CANDIDATES[name][0], oof[name], oof_no[name], targets, multi_label, labels)
+               for name in names]
+    best = choose(results)
+    log.info("combiner chosen by %d-fold cross-fitting: %s (log-loss %.4f)", len(folds), best.name, best.log_loss)
+    return CombinerChoice(best.name, None, results, len(folds))

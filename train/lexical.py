@@ -128,3 +128,25 @@ class LexicalModel:
         model.coef_ = np.asarray(d["coef"], dtype=np.float64)
         model.intercept_ = np.asarray(d["intercept"], dtype=np.float64)
         return model
+
+
+def cross_fitted_lexical(base_texts: Sequence[str], base_targets: np.ndarray, fusion_texts: Sequence[str],
+                         fusion_targets: np.ndarray, folds: Sequence[np.ndarray], *, multi_label: bool,
+                         n_labels: int, seed: int) -> tuple[np.ndarray, LexicalModel]:
+    """Out-of-fold lexical logits for the fusion split, and the model fitted on everything.
+
+    Each fold's model learns from the stage-1 texts and the other folds, never from the fold it
+    predicts. The regularisation strength is chosen once, on the stage-1 texts alone.
+    """
+    c = LexicalModel(multi_label=multi_label, n_labels=n_labels, seed=seed).fit(base_texts, base_targets).c
+    fusion_texts = list(fusion_texts)
+    oof = np.zeros((len(fusion_texts), n_labels), dtype=np.float32)
+    for test in folds:
+        train = np.setdiff1d(np.arange(len(fusion_texts)), test)
+        model = LexicalModel(multi_label=multi_label, n_labels=n_labels, c=c, seed=seed).fit(
+            list(base_texts) + [fusion_texts[i] for i in train],
+            np.concatenate([base_targets, fusion_targets[train]]))
+        oof[test] = model.logits([fusion_texts[i] for i in test])
+    final = LexicalModel(multi_label=multi_label, n_labels=n_labels, c=c, seed=seed).fit(
+        list(base_texts) + fusion_texts, np.concatenate([base_targets, fusion_targets]))
+    return oof, final

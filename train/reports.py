@@ -30,12 +30,14 @@ MODEL_NAMES: dict[str, str] = {
     "ml": "ML alone (final encoder)",
     "llm_raw": "LLM alone (raw)",
     "llm": "LLM alone (calibrated)",
+    "lexical": "Lexical alone (TF-IDF + LR)",
     "stacker": "Stacker baseline",
-    "fused": "Fused",
+    "fused": "Fused (served)",
+    "fused_no_llm": "Fused without the LLM",
 }
 BAR_MODELS = ("ml", "llm", "stacker", "fused")  # per-label F1 bars: one bar per model and label
 _COLOURS = {"ml_stage1": "#8c8c8c", "ml": "#1f77b4", "llm_raw": "#ff7f0e", "llm": "#2ca02c", "stacker": "#9467bd",
-            "fused": "#d62728"}
+            "fused": "#d62728", "lexical": "#8c564b", "fused_no_llm": "#e377c2"}
 _N_BINS = 10
 _OWN_PLOT = re.compile(r"confusion_matrix_[\w-]+\.png|per_label_f1\.png|reliability_llm\.png|training_curves\.png")
 
@@ -293,7 +295,62 @@ def format_summary(metadata: Mapping[str, Any]) -> str:
     kept = ((metadata.get("history") or {}).get("stage2") or {}).get("kept")
     if kept:
         lines.append(f"Stage 2 kept: {kept} (best fusion-val loss)")
+    stage1 = metadata.get("stage1") or {}
+    if stage1.get("summary"):
+        lines += ["", stage1["summary"][:1].upper() + stage1["summary"][1:]]
+    lines += format_combiner(metadata.get("combiner") or {})
+    lines += format_gate_and_cost(metadata.get("gate") or {}, metadata.get("cost") or {})
     return "\n".join(lines)
+
+
+def _usd(value: Any) -> str:
+    return "unknown (no price for this model; set llm.price_per_million)" if value is None else f"${value:.4f}"
+
+
+def format_gate_and_cost(gate: Mapping[str, Any], cost: Mapping[str, Any]) -> list[str]:
+    """The cascade's gate on held-out data, and the LLM's tokens and cost per stage and per 1,000 predictions."""
+    lines: list[str] = []
+    held = gate.get("held_out") or {}
+    if gate:
+        if gate.get("threshold") is None:
+            why = "disabled (gate: off)" if gate.get("enabled") is False else "no threshold met the target"
+            lines += ["", f"LLM gate: none, every row asks the LLM ({why})"]
+        else:
+            lines += ["", f"LLM gate: {gate.get('rule')} >= {gate['threshold']:.4f} (target {gate.get('target')}, "
+                          f"chosen on {gate.get('chosen_on', {}).get('source', '?')})"]
+        if held:
+            lines.append(f"  held-out: {held['llm_calls_saved']} of {held['n']} LLM calls saved "
+                         f"({1 - held['llm_fraction']:.1%}); accuracy {held['accuracy_gated']:.3f} gated vs "
+                         f"{held['accuracy_always_llm']:.3f} always-LLM (cost {held['accuracy_cost']:+.3f}); "
+                         f"no-LLM head alone {held.get('accuracy_no_llm', float('nan')):.3f}")
+    for stage, c in (cost.get("stages") or {}).items():
+        lines.append(f"LLM cost, {stage.replace('_', ' ')}: {c['requests']} requests, {c['prompt_tokens']:,} prompt + "
+                     f"{c['completion_tokens']:,} completion tokens, {_usd(c['cost_usd'])}")
+    per = cost.get("per_1000_predictions") or {}
+    if per:
+        lines.append(f"Projected LLM cost of 1,000 predictions: {_usd(per.get('always_llm_usd'))} always-LLM, "
+                     f"{_usd(per.get('gated_usd'))} with the gate ({per.get('llm_calls_gated')} LLM calls)")
+    return lines
+
+
+def format_combiner(combiner: Mapping[str, Any]) -> list[str]:
+    """The cross-validation table of the combiners and which one serves."""
+    table = combiner.get("cv_table") or []
+    if not table:
+        return []
+    lines = ["", f"Combiner serving: {combiner.get('chosen')} (lowest {combiner.get('folds', '?')}-fold cross-fitted "
+                 f"log-loss on the fusion split; a tie goes to the simpler); lexical component: "
+                 f"{combiner.get('lexical', '?')}"]
+    width = max(len(r["combiner"]) for r in table) + 2
+    lines.append(f"  {'combiner':<{width}}{'log-loss':>9}  {'accuracy':>8}  {'macro-F1':>8}")
+    for r in table:
+        mark = "  <- serves" if r.get("chosen") else ""
+        lines.append(f"  {r['combiner']:<{width}}{r['cv_log_loss']:>9.4f}  {r['cv_accuracy']:>8.3f}  "
+                     f"{r['cv_macro_f1']:>8.3f}{mark}")
+    if combiner.get("thresholds"):
+        lines.append(f"Per-label thresholds ({combiner.get('threshold_objective')}): "
+                     + ", ".join(f"{t:.3f}" for t in combiner["thresholds"]))
+    return lines
 
 
 def write_report(output_dir: str | os.PathLike, metadata: Mapping[str, Any], held_out: Mapping[str, Any] | None,
@@ -349,6 +406,8 @@ def write_report(output_dir: str | os.PathLike, metadata: Mapping[str, Any], hel
         "models": metrics,
         "llm_usage": metadata.get("llm_usage"), "llm_score_method": metadata.get("llm_score_method"),
         "splits": metadata.get("splits"), "timings": metadata.get("timings"), "history": metadata.get("history"),
+        "stage1": metadata.get("stage1"), "combiner": metadata.get("combiner"),
+        "gate": metadata.get("gate"), "cost": metadata.get("cost"),
         "files": sorted([p.name for p in written] + ["metrics.json"]),
     }
     persistence.write_json(folder / "metrics.json", payload)
