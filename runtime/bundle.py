@@ -409,7 +409,7 @@ class Bundle:
         except LLMError as e:
             raise type(e)(
                 f"{e} -- the bundle needs LLM scores; load it with on_llm_error='ml_only' to answer "
-                "from the encoder alone when the LLM cannot be reached.",
+                "without the LLM (the no-LLM head) when the LLM cannot be reached.",
                 provider=e.provider, model=e.model, text_index=e.text_index, status_code=e.status_code,
                 request_id=e.request_id, last_response=e.last_response,
             ) from e

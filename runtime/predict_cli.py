@@ -34,7 +34,7 @@ Examples:
 \b
 The output CSV holds the input columns, then `prediction` (a label; for a multi-label bundle a
 JSON list of labels), one `prob_<label>` column per label and, with --on-llm-error ml_only, a
-`degraded` column (true where the LLM failed and the encoder alone answered). A summary
+`degraded` column (true where the LLM failed and the no-LLM head answered). A summary
 (rows, prediction counts, degraded rows, providers, LLM usage, timing) is written to
 OUTPUT.summary.json. `--output -` writes to stdout (CSV, or JSONL with --format jsonl) and the
 summary to stderr. The output is checked before any work: an existing folder, symlink or non-regular
@@ -61,7 +61,7 @@ file, or the input file itself, is refused. The LLM API key comes from the provi
               help="With --variant int8: answer again with the fp32 graph the rows within the bundle's recheck "
                    "margin of flipping (loads both graphs).")
 @click.option("--on-llm-error", type=click.Choice(["raise", "ml_only"]), default="raise", show_default=True,
-              help="When the LLM fails: stop with an error, or answer from the encoder alone (flagged degraded).")
+              help="When the LLM fails: stop with an error, or answer without the LLM (flagged degraded).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=K.DEFAULT_BATCH_SIZE, show_default=True,
               help="Texts per ONNX Runtime batch.")
 @click.option("--llm-base-url", default=None, help="Override the LLM endpoint recorded in the bundle.")

@@ -41,9 +41,10 @@ def short_repr(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more characters]"
 
 
-def _describe(value: Any) -> str:
-    return f"a {type(value).__module__}.{type(value).__name__}" if type(value).__module__ != "builtins" \
-        else f"a {type(value).__name__}"
+def _type_name(value: Any) -> str:
+    """The value's type, qualified by its module unless it is a builtin: "int", "numpy.float64"."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
 
 
 def validate_texts(texts: Any, what: str = "texts") -> list[str]:
@@ -75,7 +76,7 @@ def validate_texts(texts: Any, what: str = "texts") -> list[str]:
         raise DataError(f"{what}: expected a list of strings, got {kind}.") from None
     for i, text in enumerate(items):
         if not isinstance(text, str):
-            raise DataError(f"{what}[{i}]: expected a string, got {short_repr(text)} ({_describe(text)}).")
+            raise DataError(f"{what}[{i}]: expected a string, got {short_repr(text)} ({_type_name(text)}).")
         check_unicode(text, f"{what}[{i}]")
     return items
 

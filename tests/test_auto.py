@@ -95,7 +95,9 @@ def test_second_fit_sends_no_llm_requests(fitted_multiclass, server, tiny_robert
     """A second fit with the same cache needs zero LLM requests."""
     clf, tmp, _ = fitted_multiclass
     before = server.requests
-    AutoFusionClassifier(dict(clf.config, fusion={"num_epochs": 0, "warmup_epochs": 2}, ml={"num_epochs": 1})).fit(
+    second = dict(clf.config, fusion={"num_epochs": 0, "warmup_epochs": 2}, ml={"num_epochs": 1},
+                  output_dir=str(tmp / "second"))  # the first fit's report stays for the tests below
+    AutoFusionClassifier(second).fit(
         tickets_frame(600, seed=1, multi_label=False), eval_data=tickets_frame(300, seed=2, multi_label=False),
         progress=False)
     assert server.requests == before

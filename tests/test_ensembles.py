@@ -195,12 +195,12 @@ def test_fusion_ensemble_advanced_form(tiny_roberta_dir: str, llm_server: FakeLL
     assert (config["ml_model"], config["llm_base_url"], config["ml"]["max_length"]) == (
         tiny_roberta_dir, llm_server.base_url, 32)
     fusion.fit(train)
-    assert set(fusion.metrics_) == {"ml", "ml_stage1", "llm_raw", "llm", "stacker", "fused"}
+    assert {"ml", "llm_raw", "llm", "lexical", "stacker", "fused", "fused_no_llm"} <= set(fusion.metrics_)
     assert (tmp_path / "out" / "metrics.json").is_file()
     result = fusion.predict(test.texts, test.labels)
     assert result.labels == LABELS and result.metadata["ensemble_method"] == "fusion"
     assert result.metadata["metrics"]["n"] == 30
-    assert result.metadata["llm_usage"]["requests"] == 30
+    assert result.metadata["llm_usage"]["requests"] == 30 - len(result.metadata["llm_skipped"])  # the gate skips some
     np.testing.assert_allclose(fusion.predict_proba(test.texts), result.probabilities, atol=1e-6)
 
 

@@ -89,7 +89,7 @@ def _staging(parent: Path) -> Path | None:
 PHASES = {
     # phase -> (has a previous bundle?, kill as soon as this is true of the parent folder)
     "staging folder created": (False, lambda parent: _staging(parent) is not None),
-    "int8 quantising": (True, lambda parent: (s := _staging(parent)) is not None and (s / K.MODEL_FILE).exists()),
+    "int8 quantising": (True, lambda parent: (s := _staging(parent)) is not None and (s / K.ENCODER_FILE).exists()),
 }
 
 
@@ -131,7 +131,7 @@ def test_killed_fusion_export_leaves_previous_or_nothing(saved, tmp_path):
         assert r["outcome"] == ("previous" if PHASES[r["phase"]][0] else "none"), r
         assert r["leftovers"], r
     by_phase = {r["phase"]: r for r in results}
-    assert {K.TOKENIZER_FILE, K.CALIBRATOR_FILE, K.MODEL_FILE} <= set(by_phase["int8 quantising"]["staged_at_kill"])
+    assert {K.TOKENIZER_FILE, K.CALIBRATOR_FILE, K.ENCODER_FILE} <= set(by_phase["int8 quantising"]["staged_at_kill"])
 
     # The next export replaces the previous bundle whole and removes the dead run's hidden entries.
     parent = tmp_path / f"run{list(PHASES).index('int8 quantising')}"

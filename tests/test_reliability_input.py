@@ -24,6 +24,7 @@ from textclassify.runtime.decoding import softmax
 from textclassify.runtime.errors import DataError, LLMError
 from textclassify.runtime.types import ClassificationType, TrainingData
 from textclassify.train.cli import main as train_main
+from textclassify.train.combiners import head_logits
 from textclassify.train.encoder import encoder_logits
 
 LONG = 100_000
@@ -320,23 +321,27 @@ def _dead_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
-def test_llm_down_ml_only_serves_the_encoder_alone(fitted, tmp_path):
-    """Nothing listening: ml_only answers every row from the encoder alone (= PyTorch's encoder, to 1e-4),
-    flags each row as degraded with its reason; 'raise' is an LLMError that names the way out."""
+def test_llm_down_ml_only_serves_the_no_llm_head(fitted, tmp_path):
+    """Nothing listening: ml_only answers every row with the combiner's no-LLM answer (= PyTorch's head with
+    llm_present=0, to 1e-4), flags each row as degraded with its reason; 'raise' is an LLMError that names the
+    way out. Every row asks the LLM (llm_gate="off"), so every row degrades."""
     clf, _, _, tmp = fitted
     texts = [t for t, _ in make_tickets(6, seed=51)] + [long_text(20, "crash")]
-    logits = encoder_logits(clf.model_.encoder, clf.tokenizer_, texts, clf.max_length_)
+    ml = encoder_logits(clf.model_.encoder, clf.tokenizer_, texts, clf.max_length_)
+    lexical = clf.lexical_.logits(texts) if getattr(clf, "lexical_", None) is not None else None
+    no_llm = head_logits(clf.model_.mlp, ml, lexical, None)
     url = _dead_url()
     with load_bundle(tmp / "bundle", providers="cpu", cache_dir=tmp_path, llm_base_url=url,
-                     on_llm_error="ml_only") as bundle:
+                     on_llm_error="ml_only", llm_gate="off") as bundle:
         result = bundle.predict(texts)
-    np.testing.assert_allclose(result.probabilities, softmax(logits), atol=1e-4)
+    np.testing.assert_allclose(result.probabilities, softmax(no_llm), atol=1e-4)
     assert result.metadata["degraded"] == list(range(7))
-    assert all(reason.startswith(f"LLM request for text {i} failed after ")
-               and "connection failed" in reason for i, reason in result.metadata["degraded_reasons"].items())
-    with load_bundle(tmp / "bundle", providers="cpu", cache_dir=tmp_path, llm_base_url=url) as bundle:
+    assert all(reason.startswith(f"LLM request for text {i} ") and (
+        "connection failed" in reason or "failed 7 times in a row" in reason)  # or the circuit breaker opened
+        for i, reason in result.metadata["degraded_reasons"].items())
+    with load_bundle(tmp / "bundle", providers="cpu", cache_dir=tmp_path, llm_base_url=url, llm_gate="off") as bundle:
         with pytest.raises(LLMError) as info:
             bundle.predict(texts[:2])
-    assert str(info.value).startswith("LLM request for text 0 failed after ")
-    assert str(info.value).endswith("load it with on_llm_error='ml_only' to answer from the encoder alone when the "
-                                    "LLM cannot be reached.")
+    assert str(info.value).startswith("LLM request for text 0 ")
+    assert str(info.value).endswith("load it with on_llm_error='ml_only' to answer without the LLM (the no-LLM "
+                                    "head) when the LLM cannot be reached.")

@@ -103,7 +103,7 @@ def test_killed_fit_resumes_and_equals_an_uninterrupted_fit(tiny_roberta_dir, tm
         reference = reference_fit.result(timeout=240)
         fusion_texts = ref_server.texts_seen
         splits = reference.metadata_["splits"]
-        n_fusion = splits["fusion_train"] + splits["fusion_val"]
+        n_fusion = splits["fusion"]
         assert len(fusion_texts) == len(set(fusion_texts)) == n_fusion and 50 <= n_fusion <= 70
         done = cached(config, fusion_texts)
         assert 10 <= len(done) < n_fusion and not (tmp_path / "never").exists()

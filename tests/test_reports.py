@@ -66,8 +66,9 @@ def test_multi_class_report(tmp_path):
         if p.suffix == ".png":
             _assert_png(p)
     payload = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert payload["summary"]["fused"] == {"model": "Fused", "accuracy": metadata["metrics"]["fused"]["accuracy"],
-                                           "macro_f1": metadata["metrics"]["fused"]["macro_f1"]}
+    fused = metadata["metrics"]["fused"]
+    assert payload["summary"]["fused"] == {"model": "Fused (served)", "accuracy": fused["accuracy"],
+                                           "macro_f1": fused["macro_f1"]}
     assert list(payload["summary"]) == ["ml_stage1", "ml", "llm_raw", "llm", "stacker", "fused"]
     cal = payload["llm_calibrated_vs_raw"]
     assert cal["raw"]["accuracy"] == metadata["metrics"]["llm_raw"]["accuracy"]
@@ -118,10 +119,10 @@ def test_summary_table():
     assert lines[0] == "Held-out data: fusion_val (also used for early stopping), n=120"
     assert lines[2].split() == ["model", "accuracy", "macro-F1"]
     fused = metadata["metrics"]["fused"]
-    assert lines[8] == f"Fused                       {fused['accuracy']:>8.3f}  {fused['macro_f1']:>8.3f}"
+    assert lines[8] == f"Fused (served)              {fused['accuracy']:>8.3f}  {fused['macro_f1']:>8.3f}"
     assert [line[:26].strip() for line in lines[3:9]] == [
         "ML alone (stage-1 encoder)", "ML alone (final encoder)", "LLM alone (raw)", "LLM alone (calibrated)",
-        "Stacker baseline", "Fused"]
+        "Stacker baseline", "Fused (served)"]
     assert "LLM calibration: log loss 1.500 -> 0.750, ECE 0.250 -> 0.050" in lines
     assert "LLM usage: requests 120, cache_hits 3, total_tokens 12,345" in lines
     assert "Time: llm scoring 3.2 s, stage 1 40.1 s, stage 2 12.0 s" in lines
@@ -149,7 +150,7 @@ def test_multi_label_summary_says_subset_accuracy():
     lines = format_summary(metadata).splitlines()
     assert lines[2].split() == ["model", "subset", "accuracy", "macro-F1"]
     fused = metadata["metrics"]["fused"]
-    assert lines[8] == f"Fused                       {fused['accuracy']:>15.3f}  {fused['macro_f1']:>8.3f}"
+    assert lines[8] == f"Fused (served)              {fused['accuracy']:>15.3f}  {fused['macro_f1']:>8.3f}"
 
 
 def test_training_curves_with_a_diverging_joint_epoch(tmp_path):

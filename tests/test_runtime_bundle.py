@@ -193,8 +193,8 @@ def test_raise_with_llm_down(toy, tmp_path: Path) -> None:
             bundle.predict(["my card was charged twice"])
     assert e.value.text_index == 0 and e.value.provider == "openai-compatible" and e.value.model == "fake"
     assert "connection failed" in str(e.value)
-    assert str(e.value).endswith("load it with on_llm_error='ml_only' to answer from the encoder alone when the "
-                                 "LLM cannot be reached.")
+    assert str(e.value).endswith("load it with on_llm_error='ml_only' to answer without the LLM (the no-LLM head) "
+                                 "when the LLM cannot be reached.")
 
 
 def test_eight_threads_equal_sequential(toy, llm_server: FakeLLMServer, tmp_path: Path) -> None:

@@ -155,7 +155,7 @@ def run_demo(root: str | Path = ".", *, n_train: int = TRAIN_ROWS, n_test: int =
         predict_usage=dict(result.metadata.get("llm_usage", {})), timings=timings, cache_existed=cache_existed,
         degraded_rows=len(result.metadata.get("degraded", [])), bundle_variant=str(result.metadata.get("variant")),
         llm_model=local_model_name(), abstained=int(clf.metadata_["llm_usage"].get("abstained", 0)),
-        n_llm_scored=int(sum(clf.metadata_["splits"][k] for k in ("fusion_train", "fusion_val")) + len(test_df)),
+        n_llm_scored=int(clf.metadata_["splits"]["fusion"]) + len(test_df),
     )
 
 
