@@ -7,7 +7,7 @@ answer puts most of its mass on one wrong class. `fit` (default config: gate.max
 then export, then on the fixed test set:
 
 1. the curve of LLM fraction against accuracy (the most confident no-LLM answers skip the LLM first),
-   printed as a table and drawn into report/cascade.png, with the gate fit chose marked;
+   printed as a table and drawn into benchmarks/results/cascade.png, with the gate fit chose marked;
 2. the gate fit chose, served by the bundle: LLM calls skipped and accuracy against llm_gate="off";
 3. latency per text, one text per call, against a loopback LLM that answers in --latency-ms: gated rows,
    the same rows with no LLM at all (llm_gate=0.0), and rows that ask the LLM (no cache);
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-texts", type=int, default=10, help="texts timed per kind of row")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quick", action="store_true", help="n_train 300, n_test 200, 5 latency texts")
-    parser.add_argument("--report", default=str(ROOT / "report"), help="folder for cascade.png and cascade.json")
+    parser.add_argument("--report", default=str(ROOT / "benchmarks" / "results"), help="folder for cascade.png and cascade.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_train, args.n_test, args.latency_texts = 300, 200, 5
