@@ -289,6 +289,45 @@ class ScoreCache:
         with self._guard(transaction=True) as conn:
             conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
 
+    def merge_from(self, source: str | os.PathLike[str]) -> dict[str, int]:
+        """Copy the answers and 'auto' resolutions of another cache (a cache_dir or its .sqlite3 file) into this
+        one, in one transaction; rows this cache already holds are kept. Claims are never copied (they name
+        processes of the other machine). Returns {'copied', 'already_here', 'meta_copied', 'meta_conflicts'}."""
+        if self.read_only:
+            raise CacheError(f"LLM score cache {self.path} is read-only; merge into a writable cache.")
+        path = Path(os.path.expanduser(os.fspath(source)))
+        path = path / CACHE_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise CacheError(f"LLM score cache {path} does not exist (give a cache_dir or its {CACHE_FILE}).")
+        if path.resolve() == self.path.resolve():
+            raise CacheError(f"LLM score cache {path} is the cache being merged into; give two different caches.")
+        try:
+            src = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            version = src.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            if version is None or version[0] != SCHEMA_VERSION:
+                found = None if version is None else version[0]
+                raise CacheError(f"LLM score cache {path} has schema version {found!r}, expected {SCHEMA_VERSION!r}; "
+                                 "it cannot be merged.")
+            rows = src.execute("SELECT key, scores, method, usage, created FROM scores").fetchall()
+            meta = src.execute("SELECT name, value FROM meta WHERE name != 'schema_version'").fetchall()
+            src.close()
+        except sqlite3.Error as e:
+            raise CacheError(f"LLM score cache {path} cannot be read ({e}); is it a textclassify cache?") from None
+        report = {"copied": 0, "already_here": 0, "meta_copied": 0, "meta_conflicts": 0}
+        with self._guard(transaction=True) as conn:
+            before = conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+            conn.executemany("INSERT OR IGNORE INTO scores VALUES (?, ?, ?, ?, ?)", rows)
+            report["copied"] = conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0] - before
+            for name, value in meta:
+                here = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+                if here is None:
+                    conn.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
+                    report["meta_copied"] += 1
+                elif here[0] != value:  # 'auto' resolved differently there: this cache's choice stays
+                    report["meta_conflicts"] += 1
+        report["already_here"] = len(rows) - report["copied"]
+        return report
+
     def count(self) -> int:
         """Number of cached answers."""
         with self._guard() as conn:
