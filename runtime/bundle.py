@@ -72,6 +72,7 @@ def load_bundle(
     use_tf32: bool = False,
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
     long_texts: str = "truncate",
+    llm_max_concurrency: int | None = None,
 ) -> Bundle:
     """Verify a bundle (manifest, names, sizes, sha256, graph inputs/outputs), open its ONNX sessions, warm them up.
 
@@ -84,13 +85,15 @@ def load_bundle(
     CUDA cannot be used or its first run fails, providers="auto" warns once and reopens every session on
     the CPU; providers="cuda" raises ConfigError. `variant="auto"` serves fp16 only on CUDA and only when
     the export validated it there; `Bundle.variant_reason` says why a variant was chosen.
+    `llm_max_concurrency` caps this bundle's LLM requests in flight (default: the training-time llm.max_concurrency);
+    Ray workers each take their share of a cluster-wide cap through it.
     """
     _check_arguments(variant, on_llm_error, batch_size, intra_op_num_threads, llm_api_key, llm_base_url)
     if not isinstance(int8_recheck, bool):
         raise ConfigError(f"'int8_recheck' must be True or False (got {int8_recheck!r}).")
     _check_gate_argument(llm_gate)
     manifest = load_manifest(path)  # every check on the files happens here, before ONNX Runtime sees any
-    settings = _llm_settings(manifest, llm_base_url)
+    settings = _llm_settings(manifest, llm_base_url, llm_max_concurrency)
     gate = None if llm_gate == "off" else manifest.gate_threshold if llm_gate == "manifest" else float(llm_gate)
     plan = plan_providers(providers, device_id=device_id, use_tf32=use_tf32, intra_op_num_threads=intra_op_num_threads)
 
@@ -472,15 +475,19 @@ def _check_gate_argument(llm_gate: Any) -> None:
         raise ConfigError(f"'llm_gate' must be 'manifest', 'off' or a threshold in [0, 1] (got {llm_gate!r}).")
 
 
-def _llm_settings(manifest: BundleManifest, base_url: str | None) -> LLMSettings:
-    """The training-time LLM settings from the manifest (so the cache key matches), base URL overridable."""
+def _llm_settings(manifest: BundleManifest, base_url: str | None, max_concurrency: int | None = None) -> LLMSettings:
+    """The training-time LLM settings from the manifest (so the cache key matches); base URL and concurrency
+    overridable by the caller."""
     fields = {k: v for k, v in manifest.llm.items() if k in _LLM_FIELDS}
     if base_url is not None:
         fields["base_url"] = base_url
     try:
-        return LLMSettings(**fields)
+        settings = LLMSettings(**fields)
     except (ConfigError, TypeError) as e:
         raise BundleError(f"{K.MANIFEST_FILE} 'llm': {e}") from None
+    if max_concurrency is None:
+        return settings
+    return dataclasses.replace(settings, max_concurrency=max_concurrency)  # LLMSettings checks the value
 
 
 def _open_model(manifest: BundleManifest, variant: str, plan: ProviderPlan, spinning: bool) -> OnnxModel:

@@ -248,6 +248,18 @@ def test_variants(toy, tmp_path: Path) -> None:
     assert str(e.value) == "variant 'fp16' is not in this bundle (it has ['fp32', 'int8'])."
 
 
+def test_llm_max_concurrency_caps_requests_in_flight(toy, tmp_path: Path) -> None:
+    """llm_max_concurrency overrides the manifest's llm.max_concurrency: a slow server never sees more than 2 at once
+    (and sees more than 1, so the cap is what holds it); 0 is refused, naming the setting."""
+    with FakeLLMServer(delay_s=0.05) as server:
+        with load_bundle(toy[0], llm_base_url=server.base_url, cache_dir=tmp_path, llm_gate="off",
+                         llm_max_concurrency=2) as bundle:
+            bundle.predict([f"{t} #{i}" for i, t in enumerate(TEXTS * 2)])
+        assert server.max_in_flight == 2
+    with pytest.raises(ConfigError, match="llm.max_concurrency"):
+        load_bundle(toy[0], llm_max_concurrency=0)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"variant": "fp64"}, "'variant' must be one of ['auto', 'fp32', 'int8', 'fp16'] (got 'fp64')."),
     ({"on_llm_error": "ignore"}, "'on_llm_error' must be one of ['raise', 'ml_only'] (got 'ignore')."),
