@@ -18,18 +18,27 @@ from tqdm import tqdm
 from textclassify.runtime import constants as K
 from textclassify.runtime.atomic import write_atomic
 from textclassify.runtime.cli_base import OneLineErrorCommand
-from textclassify.runtime.errors import DataError
+from textclassify.runtime.errors import ConfigError, DataError
 from textclassify.runtime.output_paths import STDOUT, check_output_file, exit_on_sigterm
 from textclassify.runtime.validation import DEFAULT_MAX_TEXT_CHARS, check_base_url, check_unicode
 
 CHUNK_ROWS = 512  # texts per predict call: progress granularity, and enough for the LLM's concurrency
 SUMMARY_SUFFIX = ".summary.json"
 FORMATS = ("csv", "jsonl")
+ENGINES = ("single", "ray")
+# --engine ray lives in textclassify.serve (runtime never imports serve): the package registers it under this
+# entry-point group, and it is looked up only when asked for, so the default engine imports no Ray.
+ENGINE_GROUP = "textclassify.predict_engines"
+RAY_ONLY = {"workers": "--workers", "ray_address": "--ray-address", "llm_concurrency": "--llm-concurrency",
+            "on_bad_row": "--on-bad-row", "overwrite": "--overwrite", "cpus_per_worker": "--cpus-per-worker",
+            "gpus_per_worker": "--gpus-per-worker"}
 EXAMPLES = """\b
 Examples:
   fusion-predict --bundle bundles/v1 --input tickets.csv --output scored.csv
   fusion-predict --bundle bundles/v1 --input tickets.jsonl --text-column body \\
       --output scored.csv --providers cpu --variant int8 --on-llm-error ml_only
+  fusion-predict --engine ray --bundle bundles/v1 --input 'tickets/*.parquet' --output scored/ \\
+      --workers 4 --llm-concurrency 16
 
 \b
 The output CSV holds the input columns, then `prediction` (a label; for a multi-label bundle a
@@ -39,6 +48,12 @@ JSON list of labels), one `prob_<label>` column per label and, with --on-llm-err
 OUTPUT.summary.json. `--output -` writes to stdout (CSV, or JSONL with --format jsonl) and the
 summary to stderr. The output is checked before any work: an existing folder, symlink or non-regular
 file, or the input file itself, is refused. The LLM API key comes from the provider's environment variable.
+
+\b
+--engine ray (pip install textclassify[ray]) reads a file, a folder or a glob of CSV, JSONL or Parquet
+with Ray Data, scores it on a pool of --workers actors (each loads the bundle once) and writes a folder of
+Parquet (default), CSV or JSONL files plus OUTPUT.summary.json; every input column is kept and `prediction`,
+`prob_<label>`, `degraded` and `llm_skipped` are added. See docs/scaling.md.
 """
 
 
@@ -48,8 +63,8 @@ file, or the input file itself, is refused. The LLM API key comes from the provi
 @click.option("--input", "input_path", required=True, help="Texts to score: a .csv or .jsonl file (UTF-8).")
 @click.option("--output", "output_path", required=True,
               help="File to write (replaced atomically), or '-' for stdout.")
-@click.option("--format", "output_format", type=click.Choice(FORMATS), default=None,
-              help="Output format; default: jsonl for a .jsonl/.ndjson output, else csv.")
+@click.option("--format", "output_format", type=click.Choice(FORMATS + ("parquet",)), default=None,
+              help="Output format; default: jsonl for a .jsonl/.ndjson output, else csv (--engine ray: parquet).")
 @click.option("--text-column", default="text", show_default=True, help="Column (or JSON key) holding the text.")
 @click.option("--providers", default="auto", show_default=True,
               help="auto | cpu | cuda | comma-separated ONNX Runtime provider names.")
@@ -70,18 +85,45 @@ file, or the input file itself, is refused. The LLM API key comes from the provi
               help="Characters of a text the tokenizer sees at most (the encoder keeps max_length tokens anyway).")
 @click.option("--long-texts", type=click.Choice(["truncate", "raise"]), default="truncate", show_default=True,
               help="A text longer than --max-text-chars: cut it, or stop with an error naming it.")
+@click.option("--engine", type=click.Choice(ENGINES), default="single", show_default=True,
+              help="single: this process; ray: Ray Data over an actor pool (the options below).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="[ray] Actors, each with the bundle. [2]")
+@click.option("--ray-address", default=None, help="[ray] 'auto' or HOST:PORT of a cluster; default: a local Ray.")
+@click.option("--llm-concurrency", type=click.IntRange(min=1), default=None,
+              help="[ray] LLM requests in flight across all workers (each gets an equal share).")
+@click.option("--on-bad-row", type=click.Choice(["raise", "skip"]), default=None,
+              help="[ray] A row without text: stop naming file and line, or write it to OUTPUT.errors. [raise]")
+@click.option("--overwrite", is_flag=True, default=None, help="[ray] Replace an output folder that holds results.")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="[ray] CPUs Ray reserves per actor (also its ONNX Runtime threads, at least 1). [1]")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+              help="[ray] GPUs Ray reserves per actor (use with --providers cuda). [0]")
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 def main(bundle_dir: str, input_path: str, output_path: str, output_format: str | None, text_column: str,
          providers: str, variant: str, device_id: int, int8_recheck: bool, on_llm_error: str, batch_size: int,
-         llm_base_url: str | None, cache_dir: str, max_text_chars: int, long_texts: str, debug: bool) -> None:
+         llm_base_url: str | None, cache_dir: str, max_text_chars: int, long_texts: str, engine: str,
+         debug: bool, **ray_options: Any) -> None:
     """Score every text of INPUT with a textclassify bundle and write predictions to OUTPUT."""
+    load_options = {"providers": _providers(providers), "variant": variant, "on_llm_error": on_llm_error,
+                    "llm_base_url": llm_base_url, "device_id": device_id, "cache_dir": cache_dir,
+                    "int8_recheck": int8_recheck, "max_text_chars": max_text_chars, "long_texts": long_texts}
+    if engine == "ray":
+        summary = _predict_on_engine("ray", bundle_dir, input_path, output_path, text_column=text_column,
+                                     batch_size=batch_size, output_format=output_format, load_options=load_options,
+                                     **ray_options)
+        _echo_summary(summary, f"{output_path} (errors: {summary['errors_file'] or 'none'})")
+        return
+    given = [flag for name, flag in RAY_ONLY.items() if ray_options.get(name) not in (None, False)]
+    if given or output_format == "parquet":
+        raise click.UsageError(f"{(given or ['--format parquet'])[0]} is an option of --engine ray.")
     with exit_on_sigterm():
-        summary = predict_file(
-            bundle_dir, input_path, output_path, text_column=text_column, providers=_providers(providers),
-            variant=variant, on_llm_error=on_llm_error, batch_size=batch_size, llm_base_url=llm_base_url,
-            device_id=device_id, cache_dir=cache_dir, int8_recheck=int8_recheck, output_format=output_format,
-            max_text_chars=max_text_chars, long_texts=long_texts)
-    where = "stdout" if output_path == STDOUT else output_path
+        summary = predict_file(bundle_dir, input_path, output_path, text_column=text_column, batch_size=batch_size,
+                               output_format=output_format, **load_options)
+    _echo_summary(summary, "stdout" if output_path == STDOUT else output_path)
+
+
+def _echo_summary(summary: dict[str, Any], where: str) -> None:
+    """The two closing stderr lines of every engine: rows, degraded rows, then the LLM's calls and cost."""
     click.echo(f"Wrote {summary['rows']} rows to {where} ({summary['degraded_rows']} degraded, "
                f"{summary['error_rows']} without an answer); summary in {summary['summary_file'] or 'stderr'}",
                err=True)
@@ -90,6 +132,22 @@ def main(bundle_dir: str, input_path: str, output_path: str, output_format: str 
     click.echo(f"LLM cost: {cost.get('requests', 0)} requests, {cost.get('cache_hits', 0)} cache hits, "
                f"{cost.get('llm_skipped_rows', 0)} rows answered without the LLM; {cost.get('prompt_tokens', 0):,} "
                f"prompt + {cost.get('completion_tokens', 0):,} completion tokens; {usd}", err=True)
+
+
+def _predict_on_engine(name: str, bundle_dir: str, input_spec: str, output_dir: str, *, output_format: str | None,
+                       **options: Any) -> dict[str, Any]:
+    """Run a registered engine (entry point `name` of ENGINE_GROUP); its options of None take its defaults."""
+    from importlib.metadata import distributions
+
+    # Every distribution on the path, not entry_points(): that keeps only the first copy of a name, and a stale
+    # textclassify.egg-info in the working folder would hide the installed package's entry points.
+    found = [ep for dist in distributions() for ep in dist.entry_points if ep.group == ENGINE_GROUP and ep.name == name]
+    if not found:
+        raise ConfigError(f"--engine {name} is not installed: install textclassify[{name}] "
+                          f"(pip install 'textclassify[{name}]'), then reinstall textclassify.")
+    engine = found[0].load()
+    options = {k: v for k, v in options.items() if v is not None}
+    return engine(bundle_dir, input_spec, output_dir, output_format=output_format or "parquet", **options)
 
 
 def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_column: str = "text",

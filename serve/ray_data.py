@@ -89,7 +89,7 @@ def predict_dataset(
             raise DataError(f"{describe_bad_row(path, fmt, line, reason, text_column)}{more}; fix the input, or "
                             "pass --on-bad-row skip to score the other rows and write these to an errors output.")
         tally = _Tally.options(num_cpus=0).remote()
-        run_started = time.perf_counter()
+        run_started, run_started_wall = time.perf_counter(), time.time()
         dataset = _read(files, fmt, text_column).map_batches(
             _BundleWorker, batch_size=batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
@@ -104,6 +104,9 @@ def predict_dataset(
             raise TextClassifyError(f"the output holds {counted['rows']} rows where {expected} were scored; "
                                     "nothing was published (rerun; the LLM cache keeps what was paid for).")
         workers_report = ray.get(tally.report.remote())
+        first_batch = workers_report["timing"].pop("first_batch_started")
+        if first_batch is not None:  # actors started and loaded the bundle (and the first block was read)
+            timings["actor_start_s"] = first_batch - run_started_wall
         _publish(staging, out)
         errors_file = _write_errors(out, bad, fmt, text_column, output_format)
     finally:
@@ -120,6 +123,7 @@ def predict_dataset(
         "providers": workers_report["providers"], "variant": workers_report["variant"],
         "int8_recheck_margin": workers_report["int8_recheck_margin"],
         "rechecked_rows": workers_report["rechecked_rows"], "llm_usage": workers_report["llm_usage"],
+        "cost": workers_report["cost"],
         "seconds": round(seconds, 3), "texts_per_second": round(counted["rows"] / seconds, 2) if seconds else None,
         "ray": {"address": ray_address or "local", "workers": workers, "batch_size": batch_size,
                 "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
@@ -297,6 +301,7 @@ class _BundleWorker:
         self._text_column = text_column
         self._format = output_format
         self._tally = tally
+        self._id = uuid.uuid4().hex  # a restarted actor is a new worker: its predecessor's usage still counts
         ray.get(tally.worker_started.remote({
             "pid": os.getpid(), "load_s": time.perf_counter() - t0, "providers": self._bundle.providers,
             "variant": self._bundle.variant, "int8_recheck_margin": self._bundle.int8_recheck_margin}))
@@ -326,11 +331,12 @@ class _BundleWorker:
             mask = np.zeros(n, dtype=bool)
             mask[list(rows)] = True
             flags[name] = pa.array(mask)
-        columns = [("prediction", prediction)] + [(f"prob_{lab}", pa.array(probs[:, j])) for j, lab in enumerate(labels)]
+        columns = [("prediction", prediction)]
+        columns += [(f"prob_{lab}", pa.array(probs[:, j])) for j, lab in enumerate(labels)]
         for name, values in columns + list(flags.items()):
             batch = batch.append_column(name, values)
         ray.get(self._tally.batch_done.remote(n, meta.get("llm_usage", {}), len(meta.get("rechecked", [])), t0,
-                                              time.time()))
+                                              time.time(), self._id, self._bundle.usage["serving"]))
         return batch
 
 
@@ -354,6 +360,7 @@ class _Tally:
 
     def __init__(self) -> None:
         self.workers: list[dict[str, Any]] = []
+        self.serving: dict[str, dict[str, Any]] = {}
         self.usage: Counter[str] = Counter()
         self.cost: float | None = None
         self.rows = self.batches = self.rechecked = 0
@@ -363,7 +370,9 @@ class _Tally:
     def worker_started(self, info: dict[str, Any]) -> None:
         self.workers.append(info)
 
-    def batch_done(self, rows: int, usage: dict[str, Any], rechecked: int, start: float, end: float) -> None:
+    def batch_done(self, rows: int, usage: dict[str, Any], rechecked: int, start: float, end: float, worker: str,
+                   serving: dict[str, Any]) -> None:
+        self.serving[worker] = serving  # Bundle.usage["serving"] counts since the worker loaded: keep the latest
         self.rows += rows
         self.batches += 1
         self.rechecked += rechecked
@@ -382,12 +391,28 @@ class _Tally:
             "providers": first.get("providers", []), "variant": first.get("variant"),
             "int8_recheck_margin": first.get("int8_recheck_margin"), "rechecked_rows": self.rechecked,
             "llm_usage": {**dict(self.usage), "cost_usd": self.cost},
+            "cost": _sum_serving(list(self.serving.values())),
             "timing": {"workers_started": len(self.workers),
                        "worker_load_s_max": round(max((w["load_s"] for w in self.workers), default=0.0), 3),
                        "batches": self.batches, "rows_scored_by_workers": self.rows,
+                       "first_batch_started": self.first_start,
                        "scoring_s": round(busy, 3),
                        "steady_texts_per_second": round(self.rows / busy, 2) if busy > 0 else None},
         }
+
+
+def _sum_serving(per_worker: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cost dict (as single-process fusion-predict's summary 'cost') from every worker's Bundle.usage."""
+    total: dict[str, Any] = {}
+    for serving in per_worker:
+        for key, value in serving.items():
+            if key == "cost_usd":
+                total[key] = value if total.get(key) is None else total[key] + (value or 0.0)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "gate_threshold":
+                total[key] = total.get(key, 0) + value
+            else:
+                total.setdefault(key, value)
+    return total
 
 
 __all__ = ["OUTPUT_FORMATS", "output_columns", "predict_dataset"]
