@@ -303,8 +303,11 @@ def format_summary(metadata: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+UNKNOWN_PRICE = "no price for this model; set llm.price_per_million to see USD"
+
+
 def _usd(value: Any) -> str:
-    return "unknown (no price for this model; set llm.price_per_million)" if value is None else f"${value:.4f}"
+    return "USD unknown" if value is None else f"${value:.4f}"
 
 
 def format_gate_and_cost(gate: Mapping[str, Any], cost: Mapping[str, Any]) -> list[str]:
@@ -330,6 +333,10 @@ def format_gate_and_cost(gate: Mapping[str, Any], cost: Mapping[str, Any]) -> li
     if per:
         lines.append(f"Projected LLM cost of 1,000 predictions: {_usd(per.get('always_llm_usd'))} always-LLM, "
                      f"{_usd(per.get('gated_usd'))} with the gate ({per.get('llm_calls_gated')} LLM calls)")
+    prices = [c.get("cost_usd") for c in (cost.get("stages") or {}).values()] + (
+        [per.get("always_llm_usd")] if per else [])
+    if any(p is None for p in prices):
+        lines.append(f"  ({UNKNOWN_PRICE})")
     return lines
 
 
