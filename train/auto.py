@@ -17,41 +17,20 @@ from textclassify.runtime.decoding import (
     encode_targets,
     encode_true_labels,
     logits_to_probabilities,
-    scores_to_probabilities,
 )
 from textclassify.runtime.errors import BundleError, DataError, check_is_fitted
 from textclassify.runtime.llm.settings import LLMSettings
 from textclassify.runtime.llm.usage import usage_delta
 from textclassify.runtime.metrics import classification_metrics
 from textclassify.runtime.output_paths import check_output_dir
-from textclassify.runtime.validation import redact_config
 from textclassify.runtime.types import ClassificationResult, TrainingData
-from textclassify.runtime.validation import validate_texts
-from textclassify.train import persistence
+from textclassify.runtime.validation import redact_config, validate_texts
+from textclassify.train import fit_steps, persistence
 from textclassify.train.config import validate_config
 from textclassify.train.data import dataframe_to_training_data, read_labelled_frame, validate_training_data
 from textclassify.train.splits import make_splits
 
 log = logging.getLogger(__name__)
-
-
-
-
-def _cost_report(scorer: Any, cfg: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any] | None,
-                 gate: dict[str, Any] | None) -> dict[str, Any]:
-    """Tokens and USD per stage of fit, and the projected LLM cost of 1,000 predictions with and without the gate."""
-    from textclassify.runtime.cost import projection, stage_cost
-
-    price = cfg["llm"].get("price_per_million")
-    stages = {"training_scores": stage_cost(training, scorer.model, price)}
-    if evaluation is not None:
-        stages["evaluation"] = stage_cost(evaluation, scorer.model, price)
-    held = (gate or {}).get("held_out") or {}
-    fraction = held.get("llm_fraction") if (gate or {}).get("threshold") is not None else None
-    return {"model": scorer.model, "stages": stages, "per_1000_predictions": projection(stages["training_scores"],
-                                                                                        fraction)}
-
-
 def _check_known_labels(data: Any, td: TrainingData, cfg: dict[str, Any], what: str,
                         label_names: Sequence[str]) -> None:
     """Evaluation labels must be ones training saw; the error names the column and row (or the list index)."""
@@ -79,10 +58,51 @@ class AutoFusionClassifier:
 
     # ----------------------------------------------------------------------------------- fit
     def fit(self, data: Any, eval_data: Any = None, *, progress: bool = True) -> AutoFusionClassifier:
-        """Train on a DataFrame (or TrainingData); metrics on `eval_data` if given, else on fusion-val."""
+        """Train on a DataFrame (or TrainingData); metrics on `eval_data` if given, else on the
+        cross-fitted fusion split."""
         cfg = validate_config(self.config)
         # Where the results go is checked before any work: a file at output_dir failed after the whole run.
         check_output_dir(cfg["output_dir"], "output_dir", files=["metrics.json"], folders=["report"])
+        prep = self._prepare_data(data, eval_data, cfg)
+        timings: dict[str, float] = {}
+
+        # LLM scores first: a wrong key or URL fails in seconds, not after minutes of fine-tuning; the
+        # cache keeps every answer, so nothing paid for is lost if a later step fails.
+        scorer = self._make_scorer(cfg, prep.labels, prep.multi)
+        t = time.perf_counter()
+        llm = fit_steps.score_llm(scorer, prep, progress)
+        timings["llm_scoring_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        stage1 = fit_steps.fit_stage1(cfg, prep, progress)
+        timings["stage1_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        comp = fit_steps.fit_lexical(cfg, prep, stage1)
+        timings["lexical_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        comb = fit_steps.choose_combiner(cfg, prep, llm, comp)
+        timings["combiner_s"] = time.perf_counter() - t
+
+        thresholds = fit_steps.tune_thresholds(cfg, prep, comb)
+        held = fit_steps.evaluate(prep, llm, comp, comb, thresholds)
+        gate = fit_steps.choose_gate(cfg, comb.choice.result(comb.choice.name), prep.fusion_targets, prep.multi,
+                                     thresholds, held.probabilities, held.targets)
+
+        self._set_predictor_state(
+            config=cfg, labels=prep.labels, multi=prep.multi, thresholds=thresholds, max_length=stage1.max_length,
+            encoder=stage1.encoder, tokenizer=stage1.tokenizer, head=comb.head, lexical=comb.lexical,
+            calibrator=comb.calibrator, combiner=comb.choice.name, cv_table=comb.choice.table(), gate=gate,
+            llm_settings=LLMSettings.from_config(cfg).with_overrides(score_method=scorer.score_method),
+            validation={"texts": held.texts[:256], "raw_llm_scores": np.asarray(held.raw[:256]).tolist()},
+            metrics=held.metrics)
+        self._scorer = scorer
+        self._report(cfg, prep, llm, stage1, comb, thresholds, held, gate, scorer, timings)
+        return self
+
+    def _prepare_data(self, data: Any, eval_data: Any, cfg: dict[str, Any]) -> fit_steps.Prepared:
+        """Checked training (and evaluation) data, encoded targets and the seeded stratified splits."""
         train = self._to_training_data(data, cfg, "data")
         evaluation = None
         if eval_data is not None:
@@ -91,178 +111,64 @@ class AutoFusionClassifier:
         targets = encode_targets(train.labels, labels, multi)
         splits = make_splits(targets, multi, cfg["fusion_split"], cfg["ml"]["val_split"], cfg["fusion"]["val_split"],
                              cfg["seed"], len(labels))
-        texts = train.texts
-        pick = lambda idx: [texts[i] for i in idx]  # noqa: E731
-        timings: dict[str, float] = {}
-
-        # LLM scores first: a wrong key or URL fails in seconds, not after minutes of fine-tuning; the
-        # cache keeps every answer, so nothing paid for is lost if a later step fails.
-        scorer = self._make_scorer(cfg, labels, multi)
-        t = time.perf_counter()
         fusion_idx = np.concatenate([splits.fusion_train, splits.fusion_val])
         stage1_idx = np.concatenate([splits.stage1_train, splits.stage1_val])
-        usage_start = dict(scorer.usage)
-        raw_fusion = scorer.score(pick(fusion_idx), progress=progress)
-        usage_training = usage_delta(scorer.usage, usage_start)
-        usage_start = dict(scorer.usage)
-        raw_eval = scorer.score(evaluation.texts, progress=progress) if evaluation is not None else None
-        usage_evaluation = usage_delta(scorer.usage, usage_start) if evaluation is not None else None
-        timings["llm_scoring_s"] = time.perf_counter() - t
+        return fit_steps.Prepared(texts=train.texts, targets=targets, labels=labels, multi=multi, splits=splits,
+                                  fusion_idx=fusion_idx, stage1_idx=stage1_idx, evaluation=evaluation)
 
-        import torch
-
-        from textclassify.train.encoder import effective_max_length, encoder_logits, load_encoder
-        from textclassify.train.schedule import describe_stage1, fit_stage1
-
-        t = time.perf_counter()
-        torch.manual_seed(cfg["seed"])  # the new classification head is initialised while loading
-        encoder, tokenizer = load_encoder(cfg["ml_model"], labels, multi)
-        max_length = effective_max_length(encoder, tokenizer, cfg["ml"]["max_length"])
-        hist1, stage1 = fit_stage1(encoder, tokenizer, pick(splits.stage1_train), targets[splits.stage1_train],
-                                   pick(splits.stage1_val), targets[splits.stage1_val], multi_label=multi,
-                                   ml=cfg["ml"], max_length=max_length, seed=cfg["seed"], progress=progress)
-        stage1["summary"] = describe_stage1(stage1)
-        log.info(stage1["summary"])
-        timings["stage1_s"] = time.perf_counter() - t
-
-        # Stage-1 logits for the fusion split (and held-out data) are out-of-sample: stage 1 never saw them.
-        t = time.perf_counter()
-        bs = max(cfg["ml"]["batch_size"], 32)
-        fusion_texts, fusion_targets = pick(fusion_idx), targets[fusion_idx]
-        ml_fusion = encoder_logits(encoder, tokenizer, fusion_texts, max_length, bs)
-        ml_eval = encoder_logits(encoder, tokenizer, evaluation.texts, max_length, bs) if evaluation else None
-        from textclassify.train.crossfit import choose_combiner, fit_combiner, make_folds
+    def _set_predictor_state(self, *, config: dict[str, Any], labels: list[str], multi: bool,
+                             thresholds: Sequence[float] | None, max_length: int, encoder: Any, tokenizer: Any,
+                             head: Any, lexical: Any, calibrator: Any, combiner: str, cv_table: list[Any],
+                             gate: dict[str, Any] | None, llm_settings: LLMSettings, validation: dict[str, Any],
+                             metrics: dict[str, Any]) -> None:
+        """Everything predict, save and export read: the one place both `fit` and `load` build it."""
         from textclassify.train.fusion_model import FusionWrapper
 
-        folds = make_folds(fusion_targets, cfg["fusion"]["cv_folds"], cfg["seed"], multi)
-        lexical, lex_fusion, lex_eval = None, None, None
-        if cfg["lexical"] != "off":
-            from textclassify.train.lexical import cross_fitted_lexical
-
-            lex_fusion, lexical = cross_fitted_lexical(pick(stage1_idx), targets[stage1_idx], fusion_texts,
-                                                       fusion_targets, folds, multi_label=multi, n_labels=len(labels),
-                                                       seed=cfg["seed"])
-            lex_eval = lexical.logits(evaluation.texts) if evaluation is not None else None
-        timings["lexical_s"] = time.perf_counter() - t
-
-        from textclassify.train.calibration import calibration_report, fit_calibrator
-
-        t = time.perf_counter()
-        choice = choose_combiner(ml_fusion, lex_fusion, raw_fusion, fusion_targets, folds=folds, multi_label=multi,
-                                 labels=labels, fusion=cfg["fusion"], lexical_mode=cfg["lexical"], seed=cfg["seed"],
-                                 calibrator_factory=lambda raw, y: fit_calibrator(raw, y, multi))
-        calibrator = fit_calibrator(raw_fusion, fusion_targets, multi)
-        cal_fusion = calibrator.transform(raw_fusion)
-        head = fit_combiner(choice.name, ml_fusion, lex_fusion, cal_fusion, fusion_targets, multi_label=multi,
-                            fusion=cfg["fusion"], seed=cfg["seed"])
-        choice.head = head
-        if lexical is not None and not head.has_lexical:
-            lexical = None  # cross-fitting said the lexical component does not help: it is not served
-        # The stacker baseline reported beside the fused model: the better (by CV) of the stackers compared.
-        stacker_name = min((r for r in choice.results if r.kind == "stacker"), key=lambda r: r.log_loss).name
-        stacker = head if stacker_name == choice.name else fit_combiner(
-            stacker_name, ml_fusion, lex_fusion, cal_fusion, fusion_targets, multi_label=multi, fusion=cfg["fusion"],
-            seed=cfg["seed"])
-        timings["combiner_s"] = time.perf_counter() - t
-
-        from textclassify.train.thresholds import tune_thresholds
-
-        chosen = choice.result(choice.name)
-        thresholds = None
-        if multi:
-            thresholds = tune_thresholds(logits_to_probabilities(chosen.oof_logits, True), fusion_targets,
-                                         cfg["fusion"]["threshold_objective"])
-
-        # Held-out metrics for every model side by side: on eval_data, else the cross-fitted fusion split.
-        from textclassify.train.combiners import head_logits
-
-        if evaluation is not None:
-            held_texts, held_targets = evaluation.texts, encode_targets(evaluation.labels, labels, multi)
-            held_raw, held_ml, held_lex = raw_eval, ml_eval, lex_eval
-            held_cal = calibrator.transform(held_raw)
-            fused = head_logits(head, held_ml, held_lex, held_cal)
-            fused_no_llm = head_logits(head, held_ml, held_lex, None)
-            stacked = head_logits(stacker, held_ml, held_lex, held_cal)
-        else:
-            held_texts, held_targets, held_raw, held_ml, held_lex = (fusion_texts, fusion_targets, raw_fusion,
-                                                                     ml_fusion, lex_fusion)
-            held_cal = np.zeros_like(raw_fusion)
-            for test in folds:  # cross-fitted calibration, as the combiners saw it
-                train_rows = np.setdiff1d(np.arange(len(fusion_targets)), test)
-                held_cal[test] = fit_calibrator(raw_fusion[train_rows], fusion_targets[train_rows],
-                                                multi).transform(raw_fusion[test])
-            fused, fused_no_llm = chosen.oof_logits, chosen.oof_no_llm_logits
-            stacked = choice.result(stacker_name).oof_logits
-        candidates = {
-            "ml": logits_to_probabilities(held_ml, multi),
-            "llm_raw": scores_to_probabilities(held_raw, multi),
-            "llm": held_cal,
-            "stacker": logits_to_probabilities(stacked, multi),
-            "fused": logits_to_probabilities(fused, multi),
-            "fused_no_llm": logits_to_probabilities(fused_no_llm, multi),
-        }
-        if held_lex is not None:
-            candidates["lexical"] = logits_to_probabilities(held_lex, multi)
-        metrics = {name: classification_metrics(held_targets, decide(p, multi, thresholds), labels, multi)
-                   for name, p in candidates.items()}
-        gate = self._choose_gate(cfg, chosen, fusion_targets, multi, thresholds, candidates, held_targets)
-
-        self.config_ = cfg
+        self.config_ = config
         self.labels_, self.multi_label_, self.thresholds_ = labels, multi, thresholds
         self.max_length_ = max_length
-        self.encoder_, self.head_, self.lexical_ = encoder.eval(), head, lexical
         self.model_ = FusionWrapper(encoder, head).eval()
+        self.encoder_, self.head_, self.lexical_ = self.model_.encoder, head, lexical
         self.tokenizer_, self.calibrator_ = tokenizer, calibrator
-        self.combiner_, self.cv_table_ = choice.name, choice.table()
+        self.combiner_, self.cv_table_ = combiner, cv_table
         self.gate_ = gate
-        self.llm_settings_ = LLMSettings.from_config(cfg).with_overrides(score_method=scorer.score_method)
-        self._scorer = scorer
-        self.validation_ = {"texts": held_texts[:256], "raw_llm_scores": np.asarray(held_raw[:256]).tolist()}
+        self.llm_settings_ = llm_settings
+        self.validation_ = validation
         self.metrics_ = metrics
+
+    def _report(self, cfg: dict[str, Any], prep: fit_steps.Prepared, llm: fit_steps.LLMScores,
+                stage1: fit_steps.Stage1, comb: fit_steps.Combiner, thresholds: Sequence[float] | None,
+                held: fit_steps.HeldOut, gate: dict[str, Any], scorer: Any, timings: dict[str, float]) -> None:
+        """fit's metadata, metrics.json and the report folder."""
+        from textclassify.train.calibration import calibration_report
+        from textclassify.train.reports import write_classifier_report
+
+        choice, splits = comb.choice, prep.splits
         self.metadata_ = {
-            "metrics": metrics,
-            "held_out": ("eval_data" if evaluation is not None
+            "metrics": held.metrics,
+            "held_out": ("eval_data" if prep.evaluation is not None
                          else f"fusion split, {choice.folds}-fold cross-fitted (no model saw its own rows)"),
-            "n_held_out": len(held_texts),
-            "calibration": calibration_report(held_raw, held_cal, held_targets, multi),
+            "n_held_out": len(held.texts),
+            "calibration": calibration_report(held.raw, held.calibrated, held.targets, prep.multi),
             "llm_usage": dict(scorer.usage),
-            "cost": _cost_report(scorer, cfg, usage_training, usage_evaluation, gate),
+            "cost": fit_steps.cost_report(scorer, cfg, llm.usage_training, llm.usage_evaluation, gate),
             "llm_score_method": scorer.score_method,
             "splits": {"stage1_train": int(len(splits.stage1_train)), "stage1_val": int(len(splits.stage1_val)),
-                       "fusion": int(len(fusion_idx))},
-            "history": {"stage1": hist1.to_dict()},
-            "stage1": stage1,
+                       "fusion": int(len(prep.fusion_idx))},
+            "history": {"stage1": stage1.history.to_dict()},
+            "stage1": stage1.schedule,
             "combiner": {"chosen": choice.name, "folds": choice.folds, "cv_table": choice.table(),
-                         "lexical": "served" if lexical is not None else (
+                         "lexical": "served" if comb.lexical is not None else (
                              "off" if cfg["lexical"] == "off" else "not kept (cross-fitting)"),
                          "thresholds": thresholds, "threshold_objective": cfg["fusion"]["threshold_objective"]},
             "timings": timings,
-            "max_length": max_length,
-            "held_out_predictions": {"targets": held_targets, "probabilities": candidates, "thresholds": thresholds},
+            "max_length": stage1.max_length,
+            "held_out_predictions": {"targets": held.targets, "probabilities": held.probabilities,
+                                     "thresholds": thresholds},
             "gate": gate,
         }
         self._write_metrics(cfg["output_dir"])
-        from textclassify.train.reports import write_classifier_report
-
         write_classifier_report(self)
-        return self
-
-    @staticmethod
-    def _choose_gate(cfg: dict[str, Any], chosen: Any, fusion_targets: np.ndarray, multi: bool,
-                     thresholds: Sequence[float] | None, held: dict[str, np.ndarray],
-                     held_targets: np.ndarray) -> dict[str, Any]:
-        """The gate threshold, chosen on the cross-fitted fusion-split predictions (train.gate), and its held-out effect."""
-        from textclassify.train.gate import choose_gate_threshold, held_out_report
-
-        settings = cfg["gate"]
-        gate = choose_gate_threshold(logits_to_probabilities(chosen.oof_no_llm_logits, multi),
-                                     logits_to_probabilities(chosen.oof_logits, multi), fusion_targets, multi,
-                                     thresholds, enabled=settings["enabled"],
-                                     max_accuracy_loss=settings["max_accuracy_loss"],
-                                     llm_fraction=settings["llm_fraction"], source="cross-fitted fusion split")
-        gate["held_out"] = held_out_report(gate["threshold"], held["fused_no_llm"], held["fused"], held_targets,
-                                           multi, thresholds)
-        return gate
 
     def _to_training_data(self, data: Any, cfg: dict[str, Any], what: str,
                           label_names: Sequence[str] | None = None) -> TrainingData:
@@ -286,9 +192,9 @@ class AutoFusionClassifier:
 
     def _write_metrics(self, output_dir: str) -> None:
         out = Path(output_dir).expanduser()
-        payload = {k: self.metadata_[k] for k in ("metrics", "held_out", "n_held_out", "calibration", "llm_usage",
-                                                   "llm_score_method", "splits", "timings", "stage1", "combiner", "gate",
-                                                   "cost")}
+        keys = ("metrics", "held_out", "n_held_out", "calibration", "llm_usage", "llm_score_method", "splits",
+                "timings", "stage1", "combiner", "gate", "cost")
+        payload = {k: self.metadata_[k] for k in keys}
         persistence.write_json(out / "metrics.json", payload)
 
     # ------------------------------------------------------------------------------- predict
@@ -382,9 +288,8 @@ class AutoFusionClassifier:
     def load(cls, directory: str | os.PathLike, *, api_key: str | None = None) -> AutoFusionClassifier:
         """Rebuild a fitted classifier from `save`'s folder (safetensors and JSON only)."""
         from textclassify.train.calibration import calibrator_from_dict
-        from textclassify.train.encoder import load_encoder
         from textclassify.train.combiners import combiner_from_spec
-        from textclassify.train.fusion_model import FusionWrapper
+        from textclassify.train.encoder import load_encoder
         from textclassify.train.lexical import LexicalModel
 
         folder, meta, validation = persistence.read_model_meta(directory)
@@ -394,22 +299,15 @@ class AutoFusionClassifier:
                               "fit the model again with this version.")
         mlp = combiner_from_spec(meta["fusion_mlp"])
         mlp.load_state_dict(persistence.load_mlp_state(folder))
-        mlp.eval()
-        clf = cls(meta["config"], api_key=api_key)
-        clf.config_ = validate_config(meta["config"])
-        clf.labels_, clf.multi_label_ = list(meta["labels"]), bool(meta["multi_label"])
-        clf.thresholds_, clf.max_length_ = meta["thresholds"], int(meta["max_length"])
-        clf.model_ = FusionWrapper(encoder, mlp).eval()
-        clf.encoder_, clf.head_ = clf.model_.encoder, mlp
-        clf.lexical_ = LexicalModel.from_dict(meta["lexical"]) if meta.get("lexical") else None
         combiner = meta.get("combiner") or {}
-        clf.combiner_, clf.cv_table_ = combiner.get("chosen", "mlp"), combiner.get("cv_table", [])
-        clf.tokenizer_ = tokenizer
-        clf.calibrator_ = calibrator_from_dict(meta["calibrator"])
-        clf.llm_settings_ = LLMSettings(**meta["llm"])
-        clf.validation_ = validation
-        clf.metrics_ = meta.get("metrics", {})
-        clf.gate_ = meta.get("gate")
+        clf = cls(meta["config"], api_key=api_key)
+        clf._set_predictor_state(
+            config=validate_config(meta["config"]), labels=list(meta["labels"]), multi=bool(meta["multi_label"]),
+            thresholds=meta["thresholds"], max_length=int(meta["max_length"]), encoder=encoder, tokenizer=tokenizer,
+            head=mlp, lexical=LexicalModel.from_dict(meta["lexical"]) if meta.get("lexical") else None,
+            calibrator=calibrator_from_dict(meta["calibrator"]), combiner=combiner.get("chosen", "mlp"),
+            cv_table=combiner.get("cv_table", []), gate=meta.get("gate"), llm_settings=LLMSettings(**meta["llm"]),
+            validation=validation, metrics=meta.get("metrics", {}))
         clf.metadata_ = {"metrics": clf.metrics_, "llm_usage": meta.get("llm_usage", {}), "gate": clf.gate_,
                          "combiner": combiner}
         clf._scorer = None
