@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -228,6 +229,9 @@ class Bundle:
 
         metadata["llm_skipped"] lists the rows the gate answered without the LLM; metadata["degraded"] the
         rows whose LLM call failed and that the no-LLM head answered (on_llm_error="ml_only").
+        metadata["timings_s"] holds the seconds this call spent per stage that ran: "tokenize" (encoding and
+        padding), one entry per component graph ("encoder", "lexical"), "fusion", "gate", "llm", "calibrator",
+        "recheck" (the int8 rows answered again in fp32) and "total" (the whole pipeline).
         """
         texts = validate_texts(texts)
         targets = None
@@ -241,6 +245,7 @@ class Bundle:
             "degraded": out.degraded, "degraded_reasons": out.reasons, "llm_usage": out.usage,
             "llm_skipped": out.skipped, "gate_threshold": self.gate_threshold,
             "providers": self.providers, "variant": self.variant, "rechecked": out.rechecked,
+            "timings_s": out.timings,
         }
         if targets is not None:
             pred_idx = encode_targets(predictions, self.labels, self.multi_label)
@@ -267,17 +272,26 @@ class Bundle:
         n, n_labels = len(texts), len(self._manifest.labels)
         if not texts:
             return _Answer(np.zeros((0, n_labels), np.float32))
+        clock = _StageClock()
+        start = clock.now()
         ids = self._tokenizer.encode(texts)  # before any LLM request: a tokenizer error costs nothing
-        parts = self._run_components(self._model, texts, ids, np.arange(n))
+        clock.add("tokenize", start)
+        parts = self._run_components(self._model, texts, ids, np.arange(n), clock)
+        start = clock.now()
         no_llm = self._fuse(parts, np.zeros((n, n_labels), np.float32), np.zeros(n, np.float32))
+        clock.add("fusion", start)
         rechecked: set[int] = set()
         if self._recheck_model is not None and self.gate_threshold is not None:
             # int8 rows too close to a flip are settled before the gate reads their no-LLM answer
+            start = clock.now()
             rows = rows_to_recheck(no_llm, self._recheck_margin_ml, self.multi_label, self._manifest.thresholds)
             no_llm[rows] = self._refuse(rows, texts, ids, parts, rechecked, None)
+            clock.add("recheck", start)
+        start = clock.now()
         probs_no_llm = logits_to_probabilities(no_llm, self.multi_label)
         skipped = skips_llm(confidence(probs_no_llm, self.multi_label, self._manifest.thresholds),
                             self.gate_threshold)
+        clock.add("gate", start)
         logits = no_llm.copy()
         ask = np.flatnonzero(~skipped)
         failed: dict[int, LLMError] = {}
@@ -286,28 +300,37 @@ class Bundle:
         ok = np.zeros(n, dtype=bool)
         if len(ask):  # an all-gated batch sends no LLM request at all
             before = self._scorer.usage
+            start = clock.now()
             raw, failed_local = self._llm_scores([texts[i] for i in ask])
+            clock.add("llm", start)
             usage = usage_delta(self._scorer.usage, before)
             failed = {int(ask[i]): err for i, err in failed_local.items()}
             ok[ask] = True
             ok[list(failed)] = False
             raw = np.where(ok[ask][:, None], raw, np.float32(1.0 / n_labels)).astype(np.float32)  # placeholders
+            start = clock.now()
             calibrated[ask] = self._calibrate(raw)
+            clock.add("calibrator", start)
             rows = np.flatnonzero(ok)
             if len(rows):
+                start = clock.now()
                 logits[rows] = self._fuse({k: v[rows] for k, v in parts.items()}, calibrated[rows],
                                           np.ones(len(rows), np.float32))
+                clock.add("fusion", start)
         if self._recheck_model is not None:  # the answers served: with the LLM (fused margin) or without it
+            start = clock.now()
             margin = np.where(ok, self._recheck_margin, self._recheck_margin_ml)
             close = rows_to_recheck(logits, margin, self.multi_label, self._manifest.thresholds)
             close = np.array([r for r in close if int(r) not in rechecked], dtype=np.int64)
             logits[close] = self._refuse(close, texts, ids, parts, rechecked, (calibrated, ok))
+            clock.add("recheck", start)
         probs = logits_to_probabilities(logits, self.multi_label)
         with self._rows_lock:
             self._rows["rows"] += n
             self._rows["llm_skipped_rows"] += int(skipped.sum())
         return _Answer(probs, degraded=sorted(failed), reasons={i: str(e) for i, e in sorted(failed.items())},
-                       usage=usage, rechecked=sorted(rechecked), skipped=[int(i) for i in np.flatnonzero(skipped)])
+                       usage=usage, rechecked=sorted(rechecked), skipped=[int(i) for i in np.flatnonzero(skipped)],
+                       timings=clock.total())
 
     def _refuse(self, rows: np.ndarray, texts: list[str], ids: list[list[int]], parts: dict[str, np.ndarray],
                 done: set[int], llm: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
@@ -335,17 +358,19 @@ class Bundle:
         done.update(int(r) for r in rows)
 
     def _run_components(self, encoder: OnnxModel, texts: list[str], ids: list[list[int]],
-                        rows: np.ndarray) -> dict[str, np.ndarray]:
+                        rows: np.ndarray, clock: _StageClock | None = None) -> dict[str, np.ndarray]:
         """Each component's output [len(rows), C], keyed "step.output" as the fusion graph's inputs name them."""
         out: dict[str, np.ndarray] = {}
         for step in self._components:
             model = encoder if step["name"] == "encoder" else self._graphs[step["name"]]
-            out[f"{step['name']}.{next(iter(step['outputs']))}"] = self._run_component(model, step, texts, ids, rows)
+            out[f"{step['name']}.{next(iter(step['outputs']))}"] = self._run_component(model, step, texts, ids, rows,
+                                                                                        clock)
         return out
 
     def _run_component(self, model: OnnxModel, step: dict[str, Any], texts: list[str], ids: list[list[int]],
-                       rows: np.ndarray) -> np.ndarray:
-        """One component on `rows`: batches sorted by token length (padded per batch), results in `rows` order."""
+                       rows: np.ndarray, clock: _StageClock | None = None) -> np.ndarray:
+        """One component on `rows`: batches sorted by token length (padded per batch), results in `rows` order.
+        With a `clock`, padding counts as "tokenize" and the graph's runs under the step's name."""
         n, n_labels = len(rows), len(self._manifest.labels)
         output = next(iter(step["outputs"]))
         order = np.argsort(np.fromiter((len(ids[i]) for i in rows), dtype=np.int64, count=n), kind="stable")
@@ -361,10 +386,16 @@ class Bundle:
                     feeds[name] = np.array([texts[i] for i in batch], dtype=object)
                 else:
                     if padded is None:  # on CUDA widths rounded up to a multiple of 8 (fewer shapes, tensor cores)
+                        start = time.perf_counter()
                         padded = self._tokenizer.pad([ids[i] for i in batch],
                                                      multiple_of=CUDA_PAD_MULTIPLE if model.uses_cuda else 1)
+                        if clock is not None:
+                            clock.add("tokenize", start)
                     feeds[name] = padded[0] if source == "tokenizer.input_ids" else padded[1]
+            start = time.perf_counter()
             (got,) = model.run(feeds, [output])
+            if clock is not None:
+                clock.add(step["name"], start)
             result[local] = got
         return result
 
@@ -503,6 +534,24 @@ def _open_step(manifest: BundleManifest, step: dict[str, Any], name: str, plan: 
         return plan.open(name, path, list(step["inputs"]), list(step["outputs"]), spinning=spinning, threads=threads)
 
 
+class _StageClock:
+    """Seconds per pipeline stage of one `_run` call (a stage run twice, such as fusion, adds up)."""
+
+    __slots__ = ("_began", "seconds")
+
+    def __init__(self) -> None:
+        self._began = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    now = staticmethod(time.perf_counter)
+
+    def add(self, stage: str, start: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+    def total(self) -> dict[str, float]:
+        return {**self.seconds, "total": time.perf_counter() - self._began}
+
+
 @dataclasses.dataclass
 class _Answer:
     """What one pipeline run gives: probabilities and, per row index, what happened on the way."""
@@ -513,6 +562,7 @@ class _Answer:
     usage: dict[str, Any] = dataclasses.field(default_factory=dict)
     rechecked: list[int] = dataclasses.field(default_factory=list)
     skipped: list[int] = dataclasses.field(default_factory=list)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per stage (_StageClock)
 
 
 __all__ = ["Bundle", "load_bundle"]
