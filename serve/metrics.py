@@ -10,8 +10,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # LLM usage counters (runtime.llm) exported per batch, under the event names the metric uses
 _LLM_EVENTS = {"requests": "calls", "cache_hits": "cache_hits", "failures": "failures", "retries": "retries"}
-# Per-stage timings a bundle may report in result.metadata["timings_s"], mapped onto the stage label
-_BUNDLE_STAGES = {"tokenize": "tokenise", "tokenise": "tokenise", "graphs": "graphs", "llm": "llm"}
+# Bundle.predict's metadata["timings_s"] stages, mapped onto the stage label ("total" is the batcher's own
+# "inference"); "graphs" is also observed as the sum of every ONNX graph's stage, the coarse view.
+_BUNDLE_STAGES = {"tokenize": "tokenise", "encoder": "encoder", "lexical": "lexical", "fusion": "fusion",
+                  "gate": "gate", "llm": "llm", "calibrator": "calibrator", "recheck": "recheck"}
+_GRAPH_STAGES = ("encoder", "lexical", "fusion", "calibrator", "recheck")
 
 
 class ServeMetrics:
@@ -26,8 +29,10 @@ class ServeMetrics:
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("textclassify_queue_depth", "Rows waiting for a batch", ["model"], registry=r)
         self.stage = Histogram("textclassify_stage_seconds",
-                               "Latency per stage: queue (per row), tokenise, graphs, llm, inference (per batch), "
-                               "total (per request)", ["model", "stage"], buckets=SECONDS_BUCKETS, registry=r)
+                               "Latency per stage: queue (per row); inference (the bundle call), tokenise, "
+                               "encoder, lexical, fusion, gate, llm, calibrator, recheck and graphs (every ONNX "
+                               "graph) per batch; total (per request)", ["model", "stage"],
+                               buckets=SECONDS_BUCKETS, registry=r)
         self.rows = Counter("textclassify_rows", "Rows answered", ["model"], registry=r)
         self.deduplicated = Counter("textclassify_deduplicated_rows",
                                     "Rows answered by an identical text already in flight", ["model"], registry=r)
@@ -70,9 +75,13 @@ class ModelMetrics:
         for wait in queue_waits:
             queue.observe(wait)
         m.stage.labels(model, "inference").observe(seconds)
-        for key, value in (metadata.get("timings_s") or {}).items():
-            if key in _BUNDLE_STAGES and isinstance(value, (int, float)):
-                m.stage.labels(model, _BUNDLE_STAGES[key]).observe(float(value))
+        timings = {k: float(v) for k, v in (metadata.get("timings_s") or {}).items()
+                   if k in _BUNDLE_STAGES and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for key, value in timings.items():
+            m.stage.labels(model, _BUNDLE_STAGES[key]).observe(value)
+        graphs = [timings[k] for k in _GRAPH_STAGES if k in timings]
+        if graphs:
+            m.stage.labels(model, "graphs").observe(sum(graphs))
         usage = metadata.get("llm_usage") or {}
         for key, event in _LLM_EVENTS.items():
             value = usage.get(key)

@@ -300,3 +300,21 @@ def test_metrics_exposition(serve: ServeProcess) -> None:
                    "textclassify_degraded_rows_total", "textclassify_deduplicated_rows_total"):
         assert re.search(rf"^# TYPE {family} ", r.text, re.M), family
     assert TEXTS[0] not in r.text
+
+
+def test_metrics_have_a_latency_histogram_per_stage(serve: ServeProcess) -> None:
+    """A request asking the LLM is observed in every stage the bundle ran, plus queue, inference, graphs and total."""
+    stages = ("queue", "inference", "tokenise", "encoder", "fusion", "gate", "llm", "calibrator", "graphs", "total")
+    before = httpx.get(f"{serve.url}/metrics", timeout=10).text
+    r = httpx.post(f"{serve.url}/v1/models/tickets/predict", json={"texts": ["per-stage timing: a fresh text"]},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    after = httpx.get(f"{serve.url}/metrics", timeout=10).text
+    for stage in stages:
+        count = (_metric(after, "textclassify_stage_seconds_count", model="tickets", stage=stage)
+                 - _metric(before, "textclassify_stage_seconds_count", model="tickets", stage=stage))
+        assert count == 1, stage
+        assert _metric(after, "textclassify_stage_seconds_sum", model="tickets", stage=stage) >= 0.0
+    # the graphs' time is part of the bundle call's time (both summed over every batch so far)
+    assert (_metric(after, "textclassify_stage_seconds_sum", model="tickets", stage="graphs")
+            <= _metric(after, "textclassify_stage_seconds_sum", model="tickets", stage="inference"))
