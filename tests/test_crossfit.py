@@ -1,0 +1,123 @@
+"""Cross-fitting (train.crossfit, train.lexical.cross_fitted_lexical): no text's own label reaches its out-of-fold logits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from textclassify.train.calibration import fit_calibrator
+from textclassify.train.crossfit import CANDIDATES, choose_combiner, complement, make_folds, out_of_fold
+from textclassify.train.lexical import cross_fitted_lexical
+
+N_LABELS = 3
+FUSION = {"hidden_dims": [16, 8], "dropout": 0.0, "fusion_lr": 1e-2, "warmup_epochs": 5, "batch_size": 16,
+          "llm_dropout": 0.25}
+
+
+def balanced_labels(n: int, seed: int) -> np.ndarray:
+    """Random labels with exactly n / 3 of each class, so that chance is 1/3 whatever a fold's majority."""
+    return np.random.default_rng(seed).permutation(np.arange(n) % N_LABELS)
+
+
+def unique_texts(n: int, prefix: str) -> list[str]:
+    """One token per text that no other text has: a model that reads it can only memorise."""
+    return [f"{prefix}{i:04d}x" for i in range(n)]
+
+
+def test_folds_are_disjoint_and_cover_every_row():
+    """make_folds: k disjoint test sets whose union is every row, stratified (each class in every fold)."""
+    y = balanced_labels(90, 0)
+    folds = make_folds(y, 5, seed=3, multi_label=False)
+    rows = np.concatenate(folds)
+    assert len(folds) == 5 and sorted(rows.tolist()) == list(range(90))
+    assert all(set(y[f]) == {0, 1, 2} for f in folds)
+    assert all(len(np.intersect1d(f, complement(f, 90))) == 0 for f in folds)
+
+
+def test_out_of_fold_with_a_memorising_one_nearest_neighbour_is_at_chance():
+    """A 1-NN on per-row random vectors is perfect on rows it saw and at chance out of fold."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    n = 300
+    y = balanced_labels(n, 1)
+    x = np.random.default_rng(2).normal(size=(n, 64))
+    folds = make_folds(y, 5, seed=0, multi_label=False)
+    fitted_on = []
+
+    def fit_predict(train_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
+        fitted_on.append(set(train_idx.tolist()))
+        return KNeighborsClassifier(1).fit(x[train_idx], y[train_idx]).predict_proba(x[test_idx])
+
+    oof = out_of_fold(fit_predict, n, folds)
+    in_fold = KNeighborsClassifier(1).fit(x, y).predict_proba(x)
+    assert (in_fold.argmax(1) == y).mean() == 1.0
+    assert abs((oof.argmax(1) == y).mean() - 1 / 3) < 0.1
+    assert all(not (set(f.tolist()) & seen) for f, seen in zip(folds, fitted_on))
+
+
+def test_cross_fitted_lexical_on_unique_tokens_is_at_chance_out_of_fold():
+    """The lexical model memorises a per-text token (its refit is right on every fusion text it saw); its
+    cross-fitted logits for the same texts carry nothing of their labels."""
+    n = 300
+    y_fusion, y_base = balanced_labels(n, 4), balanced_labels(150, 5)
+    texts = unique_texts(n, "fu")
+    folds = make_folds(y_fusion, 5, seed=0, multi_label=False)
+    oof, final = cross_fitted_lexical(unique_texts(150, "st"), y_base, texts, y_fusion, folds, multi_label=False,
+                                      n_labels=N_LABELS, seed=0)
+    assert (final.logits(texts).argmax(1) == y_fusion).mean() >= 0.99
+    assert abs((oof.argmax(1) == y_fusion).mean() - 1 / 3) < 0.1
+    # Unseen tokens leave only the intercept: every row of one fold gets the same logits.
+    for f in folds:
+        assert np.allclose(oof[f], oof[f[0]], atol=1e-6)
+
+
+def test_cross_fitted_lexical_logits_of_a_fold_ignore_that_folds_labels():
+    """Relabelling every text of one fold changes nothing in that fold's out-of-fold lexical logits."""
+    n = 120
+    rng = np.random.default_rng(6)
+    words = ["alpha", "beta", "gamma", "delta", "omega"]
+    texts = [" ".join(rng.choice(words, 4)) + f" id{i}" for i in range(n)]
+    y = balanced_labels(n, 7)
+    folds = make_folds(y, 4, seed=1, multi_label=False)
+    base_texts, y_base = unique_texts(30, "st"), balanced_labels(30, 8)
+    kw = {"multi_label": False, "n_labels": N_LABELS, "seed": 0}
+    before, _ = cross_fitted_lexical(base_texts, y_base, texts, y, folds, **kw)
+    relabelled = y.copy()
+    relabelled[folds[0]] = (y[folds[0]] + 1) % N_LABELS
+    after, _ = cross_fitted_lexical(base_texts, y_base, texts, relabelled, folds, **kw)
+    np.testing.assert_array_equal(before[folds[0]], after[folds[0]])
+    assert not np.array_equal(before[folds[1]], after[folds[1]])  # the other folds did learn from those labels
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_choose_combiner_out_of_fold_logits_ignore_the_folds_own_labels(multi_label, one_torch_thread):
+    """For every candidate (MLPs, stackers, each part alone, calibrator inside the folds), the out-of-fold logits
+    of one fold are bit-identical when that fold's labels are all changed."""
+    n = 100
+    rng = np.random.default_rng(9)
+    if multi_label:
+        y = (rng.random((n, N_LABELS)) < 0.4).astype(np.int64)
+        changed = lambda t, f: np.where(np.isin(np.arange(n), f)[:, None], 1 - t, t)  # noqa: E731
+    else:
+        y = balanced_labels(n, 9)
+        changed = lambda t, f: np.where(np.isin(np.arange(n), f), (t + 1) % N_LABELS, t)  # noqa: E731
+    signal = y if multi_label else np.eye(N_LABELS)[y]
+    ml = (signal + rng.normal(0, 1.0, (n, N_LABELS))).astype(np.float32)
+    lexical = (signal + rng.normal(0, 1.0, (n, N_LABELS))).astype(np.float32)
+    raw = rng.dirichlet(np.ones(N_LABELS), n).astype(np.float32)
+    if multi_label:
+        raw = rng.random((n, N_LABELS)).astype(np.float32)
+    folds = make_folds(y if not multi_label else y[:, 0], 4, seed=2, multi_label=multi_label)
+
+    def run(targets: np.ndarray):
+        return choose_combiner(ml, lexical, raw, targets, folds=folds, multi_label=multi_label,
+                               labels=["a", "b", "c"], fusion=FUSION, lexical_mode="auto", seed=0,
+                               calibrator_factory=lambda r, t: fit_calibrator(r, t, multi_label))
+
+    before, after = run(y), run(changed(y, folds[0]))
+    assert {r.name for r in before.results} == set(CANDIDATES)
+    for b, a in zip(before.results, after.results):
+        np.testing.assert_array_equal(b.oof_logits[folds[0]], a.oof_logits[folds[0]], err_msg=b.name)
+        np.testing.assert_array_equal(b.oof_no_llm_logits[folds[0]], a.oof_no_llm_logits[folds[0]], err_msg=b.name)
+    moved = [b.name for b, a in zip(before.results, after.results)
+             if not np.array_equal(b.oof_logits[folds[1]], a.oof_logits[folds[1]])]
+    assert moved, "the other folds' models learn from fold 0's labels"
