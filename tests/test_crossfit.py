@@ -1,4 +1,4 @@
-"""Cross-fitting (train.crossfit, train.lexical.cross_fitted_lexical): no text's own label reaches its out-of-fold logits."""
+"""Cross-fitting (train.crossfit, train.lexical): no text's own label reaches its out-of-fold logits."""
 from __future__ import annotations
 
 import numpy as np
