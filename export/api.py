@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from textclassify.export import constants as EK
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError, first_line
 from textclassify.runtime.validation import is_int
@@ -31,7 +32,7 @@ PIPELINE_NAME = f"{K.ENCODER_FILE} + {K.FUSION_FILE}"  # how parity findings nam
 
 
 def export_bundle(model: Any, output_dir: str | os.PathLike[str], *, int8: bool = False, fp16: bool = False,
-                  opset: int = K.ONNX_OPSET, max_length: int | None = None, texts: Sequence[str] | None = None,
+                  opset: int = EK.ONNX_OPSET, max_length: int | None = None, texts: Sequence[str] | None = None,
                   raw_llm_scores: np.ndarray | None = None, progress: bool = True, force: bool = False) -> Path:
     """Export `model` (fitted classifier or saved-model folder) to `output_dir`; returns the bundle path."""
     say = _reporter(progress)
@@ -77,6 +78,8 @@ def build_manifest(fitted: Any, steps: Any, max_length: int, opset: int) -> dict
         "tokenizer": steps.tokenizer_entry,
         "pipeline": standard_pipeline(n_labels, lexical=steps.lexical),
         "gate": gate,
+        # The combiner that serves, chosen by cross-fitting (train.crossfit), and the table it was chosen from.
+        "combiner": {"chosen": getattr(fitted, "combiner_", "mlp"), "cv_table": list(getattr(fitted, "cv_table_", []))},
         "calibrator": {"kind": fitted.calibrator_.to_dict()["kind"]},
         "variants": steps.variants,  # of the encoder graph
         "llm": settings,  # every LLMSettings field (it holds no key), so serving asks exactly as training did
@@ -333,7 +336,7 @@ class _ExportRun:
             optimization["kept"] = chosen == optimized if result.applied else False
         os.replace(chosen, self.stage.path(K.ENCODER_FILE))
         # The int8 variant is quantised from the plain trace: unfused, its MatMuls all become int8 kernels,
-        # which ran 15% faster on CPU than quantising the optimiser's fused Attention.
+        # which run faster on CPU than the optimiser's fused Attention quantised (figures: benchmarks/README.md).
         self.int8_source = plain if chosen != plain else self.stage.path(K.ENCODER_FILE)
         self.found.extend(found)
         self.graph = {**facts, "optimization": optimization, "fusion": self.fusion_facts}
@@ -361,7 +364,7 @@ class _ExportRun:
         except Exception as e:  # noqa: BLE001 -- a kernel missing on this provider surfaces at run time
             return parity.Findings(), {}, f"ONNX Runtime could not run {name} ({first_line(e)})"
         values, figures = parity.compare_reduced(name, self.reference, got, self.fitted.multi_label_,
-                                                 self.fitted.thresholds_, K.REDUCED_PRECISION_MIN_AGREEMENT,
+                                                 self.fitted.thresholds_, EK.REDUCED_PRECISION_MIN_AGREEMENT,
                                                  recheck_safety)
         figures["provider"] = session.get_providers()[0]
         return values, figures, None

@@ -19,6 +19,7 @@ from skl2onnx.algebra.onnx_ops import OnnxConcat, OnnxGather
 from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 from sklearn.isotonic import IsotonicRegression
 
+from textclassify.export import constants as EK
 from textclassify.runtime import constants
 from textclassify.runtime.errors import ExportError
 from textclassify.train.calibration import IsotonicCalibrator, TemperatureCalibrator
@@ -207,7 +208,7 @@ def _temperature_to_onnx(calibrator: TemperatureCalibrator, n_labels: int, opset
 
 
 def calibrator_to_onnx(calibrator: TemperatureCalibrator | IsotonicCalibrator, n_labels: int,
-                       opset: int = constants.ONNX_OPSET) -> onnx.ModelProto:
+                       opset: int = EK.ONNX_OPSET) -> onnx.ModelProto:
     """The calibrator as one ONNX graph: `llm_scores_raw` float32 [batch, C] -> `llm_scores` float32 [batch, C]."""
     if not isinstance(calibrator, TemperatureCalibrator | IsotonicCalibrator):
         raise ExportError(f"calibrator_to_onnx takes a TemperatureCalibrator or IsotonicCalibrator "

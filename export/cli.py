@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from textclassify.runtime import constants as K
+from textclassify.export import constants as EK
 from textclassify.runtime.cli_base import OneLineErrorCommand
 
 EPILOG = """\b
@@ -27,7 +27,7 @@ first foreign entry, unless --force (which says what it removes).
               help="Bundle folder to write (an existing bundle there is replaced only on success).")
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx (dynamic int8 quantisation, for CPU).")
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (float16 weights, for CUDA).")
-@click.option("--opset", type=int, default=K.ONNX_OPSET, show_default=True, help="ONNX opset of model.onnx.")
+@click.option("--opset", type=int, default=EK.ONNX_OPSET, show_default=True, help="ONNX opset of model.onnx.")
 @click.option("--max-length", type=int, default=None,
               help="Truncate texts to this many tokens (default: the trained max_length).")
 @click.option("--force", is_flag=True,

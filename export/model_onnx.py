@@ -24,6 +24,7 @@ import onnx
 import torch
 from torch import nn
 
+from textclassify.export import constants as EK
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
 
@@ -36,8 +37,8 @@ class GraphSpec:
 
     inputs: tuple[tuple[str, str], ...] = tuple((name, "int64") for name in K.ENCODER_INPUTS)
     output_names: tuple[str, ...] = (K.ENCODER_OUTPUT,)
-    opset: int = K.ONNX_OPSET
-    fp32_tolerance: float = field(default_factory=lambda: K.FP32_PARITY_TOL)  # read at use, not at import
+    opset: int = EK.ONNX_OPSET
+    fp32_tolerance: float = field(default_factory=lambda: EK.FP32_PARITY_TOL)  # read at use, not at import
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -62,12 +63,12 @@ class GraphSpec:
         return types
 
 
-def encoder_spec(opset: int = K.ONNX_OPSET) -> GraphSpec:
+def encoder_spec(opset: int = EK.ONNX_OPSET) -> GraphSpec:
     """encoder.onnx: input_ids, attention_mask (int64 [B, T]) -> ml_logits [B, C]."""
     return GraphSpec(opset=opset)
 
 
-def fusion_spec(opset: int = K.ONNX_OPSET, lexical: bool = False) -> GraphSpec:
+def fusion_spec(opset: int = EK.ONNX_OPSET, lexical: bool = False) -> GraphSpec:
     """fusion.onnx: ml_logits [, lexical_logits], llm_scores [B, C], llm_present [B, 1] -> fused_logits [B, C]."""
     names = [K.ENCODER_OUTPUT] + ([K.LEXICAL_OUTPUT] if lexical else []) + [K.CALIBRATOR_OUTPUT, K.LLM_PRESENT]
     return GraphSpec(inputs=tuple((n, "float32") for n in names), output_names=(K.FUSED_OUTPUT,), opset=opset)

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from textclassify.runtime import constants
 from textclassify.runtime.decoding import softmax
 from textclassify.runtime.errors import ConfigError, DataError, NotFittedError
+from textclassify.train import constants as TK
 from textclassify.train.calibration import (
     IsotonicCalibrator,
     TemperatureCalibrator,
@@ -115,7 +115,7 @@ def test_isotonic_fits_one_regressor_per_label_and_improves_log_loss():
     raw, Y = _multilabel(1500)
     cal = fit_calibrator(raw, Y, multi_label=True)
     assert isinstance(cal, IsotonicCalibrator) and len(cal.regressors_) == 3
-    low, high = constants.ISOTONIC_BOUNDS
+    low, high = TK.ISOTONIC_BOUNDS
     assert all(r.out_of_bounds == "clip" and r.y_min == low and r.y_max == high for r in cal.regressors_)
     out = cal.transform(np.vstack([raw, [[-1.0, 2.0, 0.5]]]))
     assert out.dtype == np.float32 and out.min() >= low and out.max() <= high
@@ -141,7 +141,7 @@ def test_isotonic_constant_label_does_not_crash():
     Y[:, 1] = 0
     with pytest.warns(UserWarning, match="Label column 1 is always 0"):
         cal = IsotonicCalibrator().fit(raw, Y)
-    assert np.all(cal.transform(raw)[:, 1] == np.float32(constants.ISOTONIC_BOUNDS[0]))
+    assert np.all(cal.transform(raw)[:, 1] == np.float32(TK.ISOTONIC_BOUNDS[0]))
 
 
 def test_isotonic_rejects_non_binary_targets():

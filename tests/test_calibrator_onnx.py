@@ -9,6 +9,7 @@ from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.isotonic import IsotonicRegression
 
+from textclassify.export import constants as EK
 from textclassify.export.calibrator_onnx import calibrator_to_onnx, run_calibrator_onnx
 from textclassify.runtime import constants
 from textclassify.runtime.errors import ExportError
@@ -68,7 +69,7 @@ def test_isotonic_converter_matches_sklearn_on_10000_inputs(out_of_bounds):
     reg = IsotonicRegression(out_of_bounds=out_of_bounds).fit(x_fit, y_fit)
     assert len(reg.X_thresholds_) > 10
     model = convert_sklearn(reg, initial_types=[("X", FloatTensorType([None, 1]))],
-                            target_opset=constants.ONNX_OPSET)
+                            target_opset=EK.ONNX_OPSET)
     onnx.checker.check_model(model)
     thresholds = reg.X_thresholds_.astype(np.float32)
     probe = np.concatenate([

@@ -13,6 +13,7 @@ import torch
 
 from tests.support.data import LABELS, make_tickets
 from tests.support.fitted_model import make_fitted_model, raw_scores
+from textclassify.export import constants as EK
 from textclassify.export import export_bundle, model_onnx, optimize
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ExportError
@@ -103,7 +104,7 @@ def test_multilabel_bundle_records_thresholds_isotonic_and_fp16(ml_bundle):
     assert man["variants"] == {"fp32": "encoder.onnx", "int8": "encoder.int8.onnx", "fp16": "encoder.fp16.onnx"}
     fp16 = man["parity"]["fp16"]
     assert (fp16["validated"], fp16["checked_on"], fp16["provider"]) == (False, "cpu", "CPUExecutionProvider")
-    assert fp16["agreement"] >= K.REDUCED_PRECISION_MIN_AGREEMENT
+    assert fp16["agreement"] >= EK.REDUCED_PRECISION_MIN_AGREEMENT
     graph = onnx.load(str(ml_bundle / K.ENCODER_FP16_FILE))
     io_types = {v.name: v.type.tensor_type.elem_type for v in [*graph.graph.input, *graph.graph.output]}
     assert io_types["ml_logits"] == onnx.TensorProto.FLOAT  # keep_io_types
@@ -117,13 +118,13 @@ def test_parity_figures_are_recorded(which, request):
     parity = manifest_of(request.getfixturevalue(which))["parity"]
     fp32 = parity["fp32"]
     assert fp32["batch_sizes"] == [1, 7] and fp32["n_texts"] == 41 and fp32["truncated_texts"] >= 1
-    assert 0 <= fp32["max_abs_diff_fused"] <= K.FP32_PARITY_TOL
-    assert 0 <= fp32["max_abs_diff_ml"] <= K.FP32_PARITY_TOL
-    assert 0 <= fp32["max_abs_diff_no_llm"] <= K.FP32_PARITY_TOL
-    assert 0 <= parity["calibrator"]["max_abs_diff"] <= K.FP32_PARITY_TOL
+    assert 0 <= fp32["max_abs_diff_fused"] <= EK.FP32_PARITY_TOL
+    assert 0 <= fp32["max_abs_diff_ml"] <= EK.FP32_PARITY_TOL
+    assert 0 <= fp32["max_abs_diff_no_llm"] <= EK.FP32_PARITY_TOL
+    assert 0 <= parity["calibrator"]["max_abs_diff"] <= EK.FP32_PARITY_TOL
     int8 = parity["int8"]
     assert int8["n_texts"] == 41 and int8["batch_sizes"] == [1, 7]
-    assert int8["agreement"] >= K.REDUCED_PRECISION_MIN_AGREEMENT
+    assert int8["agreement"] >= EK.REDUCED_PRECISION_MIN_AGREEMENT
     assert int8["max_abs_diff_fused"] > fp32["max_abs_diff_fused"]  # quantised weights really differ
 
 
@@ -149,7 +150,7 @@ def test_int8_agreement_matches_an_independent_check(mc_bundle, mc_model):
         ml = encoder.run(["ml_logits"], feeds)[0]
         return fusion.run(["fused_logits"], model_onnx.fusion_feeds(ml, calibrated, np.ones(len(ml))))[0]
 
-    assert np.abs(fused(fp32) - want.numpy()).max() < K.FP32_PARITY_TOL
+    assert np.abs(fused(fp32) - want.numpy()).max() < EK.FP32_PARITY_TOL
     agreement = (fused(int8).argmax(1) == want.numpy().argmax(1)).mean()
     assert agreement >= 0.98
 
@@ -235,12 +236,12 @@ def test_optimised_graph_failing_parity_falls_back_to_plain(mc_model, tmp_path, 
     assert opt["rejected"].startswith("parity failed on the optimised graph: encoder.onnx + fusion.onnx "
                                       "(optimised encoder) ml_logits:")
     assert "Attention" not in {n.op_type for n in onnx.load(str(bundle / K.ENCODER_FILE)).graph.node}
-    assert man["parity"]["fp32"]["max_abs_diff_fused"] <= K.FP32_PARITY_TOL
+    assert man["parity"]["fp32"]["max_abs_diff_fused"] <= EK.FP32_PARITY_TOL
 
 
 def test_refused_export_writes_nothing(mc_model, tmp_path, monkeypatch):
     """With a zero tolerance every graph 'differs': ExportError lists the mismatches, no bundle appears."""
-    monkeypatch.setattr(K, "FP32_PARITY_TOL", 0.0)
+    monkeypatch.setattr(EK, "FP32_PARITY_TOL", 0.0)
     target = tmp_path / "bundle"
     with pytest.raises(ExportError) as info:
         export_bundle(mc_model, target, progress=False)
@@ -276,7 +277,7 @@ def test_refused_export_keeps_the_previous_bundle(mc_model, mc_bundle, tmp_path,
 
 def test_low_int8_agreement_is_refused(mc_model, tmp_path, monkeypatch):
     """A reduced-precision variant below the agreement floor refuses the whole bundle."""
-    monkeypatch.setattr(K, "REDUCED_PRECISION_MIN_AGREEMENT", 1.01)
+    monkeypatch.setattr(EK, "REDUCED_PRECISION_MIN_AGREEMENT", 1.01)
     with pytest.raises(ExportError, match=r"encoder\.int8\.onnx: prediction agreement with PyTorch 100\.00% < 101% "
                                           r"\(with the fp32 recheck of close calls; int8 alone 100\.00%: "
                                           r"0 of 41 texts differ; max \|fused diff\| "):

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from tests.support.data import make_tickets
 from textclassify import AutoFusionClassifier
+from textclassify.export import constants as EK
 from textclassify.export.cli import main
 from textclassify.runtime import constants as K
 from textclassify.runtime import load_bundle
@@ -56,7 +57,7 @@ def test_cli_exports_a_saved_model_that_the_runtime_serves_like_predict(saved):
     with load_bundle(out, variant="fp32", providers="cpu", cache_dir=tmp / "cache") as bundle:
         got = bundle.predict(texts)
     assert got.predictions == want.predictions and got.labels == want.labels
-    assert np.abs(got.probabilities - want.probabilities).max() <= K.FP32_PARITY_TOL
+    assert np.abs(got.probabilities - want.probabilities).max() <= EK.FP32_PARITY_TOL
 
 
 def test_python_twin_writes_the_same_kind_of_bundle(saved):

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.support.data import LABELS
 from tests.support.fitted_model import make_fitted_model
+from textclassify.export import constants as EK
 from textclassify.export import export_bundle
 from textclassify.export.fp16 import CPU_NOTE, convert_fp16, fp32_head_nodes, parity_entry
 from textclassify.runtime import constants as K
@@ -132,13 +133,13 @@ def test_export_on_cpu_records_fp16_as_checked_on_cpu(fitted, tmp_path) -> None:
     manifest = json.loads((out / K.MANIFEST_FILE).read_text())
     entry = manifest["parity"]["fp16"]
     assert (entry["validated"], entry["checked_on"], entry["note"]) == (False, "cpu", CPU_NOTE)
-    assert entry["agreement"] >= K.REDUCED_PRECISION_MIN_AGREEMENT
+    assert entry["agreement"] >= EK.REDUCED_PRECISION_MIN_AGREEMENT
     assert manifest["variants"]["fp16"] == K.ENCODER_FP16_FILE and manifest["graph"]["fp16"]["fp32_nodes"]
 
 
 def test_failed_fp16_check_writes_nothing(fitted, tmp_path, monkeypatch) -> None:
     """An fp16 graph whose check fails is never written: the export is refused and the target stays absent."""
-    monkeypatch.setattr(K, "REDUCED_PRECISION_MIN_AGREEMENT", 1.01)  # no graph can agree on more than every row
+    monkeypatch.setattr(EK, "REDUCED_PRECISION_MIN_AGREEMENT", 1.01)  # no graph can agree on more than every row
     with pytest.raises(ExportError, match=r"^Export refused, nothing written to .*encoder\.fp16\.onnx"):
         export_bundle(fitted, tmp_path / "b", fp16=True, progress=False)
     assert not (tmp_path / "b").exists()

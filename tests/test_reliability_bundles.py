@@ -27,6 +27,7 @@ import torch
 from tests.support.data import LABELS, make_tickets
 from tests.support.fitted_model import make_fitted_model
 from textclassify import AutoFusionClassifier
+from textclassify.export import constants as EK
 from textclassify.runtime import constants as K
 from textclassify.runtime import load_bundle
 from textclassify.runtime import tokenization as runtime_tokenization
@@ -181,7 +182,7 @@ def test_loading_never_unpickles(saved, server, monkeypatch, tmp_path):
         with load_bundle(bundle_dir, providers="cpu", cache_dir=tmp_path) as bundle:
             served = bundle.predict(TEXTS).probabilities
     np.testing.assert_allclose(got, want, atol=1e-6)
-    np.testing.assert_allclose(served, want, atol=K.FP32_PARITY_TOL)
+    np.testing.assert_allclose(served, want, atol=EK.FP32_PARITY_TOL)
 
 
 def test_no_unpickling_guard_fires(monkeypatch):

@@ -20,6 +20,7 @@ from textclassify.runtime import constants
 from textclassify.runtime.decoding import scores_to_probabilities
 from textclassify.runtime.errors import ConfigError, DataError, check_is_fitted
 from textclassify.runtime.metrics import expected_calibration_error, log_loss
+from textclassify.train import constants as TK
 
 TEMPERATURE_KIND = "temperature"
 ISOTONIC_KIND = "isotonic"
@@ -105,7 +106,7 @@ class TemperatureCalibrator:
             lse = zmax + np.log(np.exp(z - zmax[:, None]).sum(axis=1))
             return float((lse - picked / np.exp(log_t)).mean())
 
-        low, high = constants.TEMPERATURE_BOUNDS
+        low, high = TK.TEMPERATURE_BOUNDS
         result = minimize_scalar(nll, bounds=(np.log(low), np.log(high)), method="bounded",
                                  options={"xatol": 1e-6})
         self.temperature_ = float(np.exp(result.x))
@@ -204,7 +205,7 @@ class IsotonicCalibrator:
             if targets[:, j].min() == targets[:, j].max():
                 warnings.warn(f"Label column {j} is always {int(targets[0, j])} in the calibration data; "
                               "its calibrated score is that constant.", UserWarning, stacklevel=2)
-            low, high = constants.ISOTONIC_BOUNDS
+            low, high = TK.ISOTONIC_BOUNDS
             reg = IsotonicRegression(out_of_bounds="clip", y_min=low, y_max=high, increasing=True)
             self.regressors_.append(reg.fit(raw[:, j], targets[:, j]))
         return self

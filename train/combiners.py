@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from textclassify.runtime.constants import FEATURE_SCALE_FLOOR
+from textclassify.train.constants import FEATURE_SCALE_FLOOR
 
 SCORE_FLOOR = 1e-6  # calibrated scores are clipped here before their log (LLM alone)
 

@@ -14,17 +14,18 @@ from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ConfigError
 from textclassify.runtime.llm.providers import PROVIDERS
 from textclassify.runtime.validation import check_base_url, is_int, short_repr
+from textclassify.train import constants as TK
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "llm_provider": "deepseek",
     "label_columns": ["label"],
     "multi_label": False,
     "text_column": "text",
-    "ml_model": K.DEFAULT_ML_MODEL,
+    "ml_model": TK.DEFAULT_ML_MODEL,
     "llm_model": None,
     "llm_base_url": None,
     "cache_dir": K.DEFAULT_CACHE_DIR,
-    "output_dir": K.DEFAULT_OUTPUT_DIR,
+    "output_dir": TK.DEFAULT_OUTPUT_DIR,
     "fusion_split": 0.2,
     "seed": 42,
     "ml": {

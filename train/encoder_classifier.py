@@ -16,6 +16,7 @@ from textclassify.runtime.decoding import encode_targets, logits_to_probabilitie
 from textclassify.runtime.errors import ConfigError, check_is_fitted
 from textclassify.runtime.types import ClassificationResult, TrainingData
 from textclassify.runtime.validation import validate_texts
+from textclassify.train import constants as TK
 from textclassify.train.fusion_utils import check_training_data, encode_true_labels, result_from_probabilities
 from textclassify.train.seed_args import apply_config
 
@@ -27,7 +28,7 @@ class RoBERTaClassifier:
     (`ml.*` keys of AutoFusionClassifier), when `fit` starts.
     """
 
-    def __init__(self, model_name: str = K.DEFAULT_ML_MODEL, *, num_epochs: int = 3, batch_size: int = 16,
+    def __init__(self, model_name: str = TK.DEFAULT_ML_MODEL, *, num_epochs: int = 3, batch_size: int = 16,
                  learning_rate: float = 2e-5, max_length: int = 256, warmup_ratio: float = 0.1,
                  weight_decay: float = 0.01, val_split: float = 0.1, early_stopping_patience: int = 2,
                  seed: int = 42, progress: bool = False, config: Mapping[str, Any] | None = None) -> None:

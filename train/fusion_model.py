@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from textclassify.runtime.constants import FEATURE_SCALE_FLOOR
+from textclassify.train.constants import FEATURE_SCALE_FLOOR
 
 COMPONENTS = ("ml", "lexical")  # component logits the head can read, in this order
 

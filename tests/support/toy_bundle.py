@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 
+from textclassify.export import constants as EK
 from textclassify.runtime import constants as K
 from textclassify.runtime.manifest import sha256_file, standard_pipeline
 
@@ -48,7 +49,7 @@ def toy_weights(vocab_size: int, n_labels: int, seed: int = 0) -> ToyWeights:
 
 
 def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", K.ONNX_OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", EK.ONNX_OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
@@ -122,7 +123,7 @@ def build_calibrator(n_labels: int, temperature: float) -> onnx.ModelProto:
         [helper.make_tensor_value_info(K.CALIBRATOR_INPUT, TensorProto.FLOAT, ["batch", n_labels])],
         [helper.make_tensor_value_info(K.CALIBRATOR_OUTPUT, TensorProto.FLOAT, ["batch", n_labels])], inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", K.ONNX_OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", EK.ONNX_OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
@@ -184,7 +185,7 @@ def write_toy_bundle(out_dir: str | Path, tokenizer_json: str | Path, *, labels:
         "pipeline": standard_pipeline(c),
         "gate": {"rule": "label_distance" if multi_label else "top_probability", "threshold": gate_threshold},
         "calibrator": {"kind": "temperature"},
-        "variants": variants, "llm": llm, "metrics": {}, "parity": {}, "versions": {"opset": K.ONNX_OPSET},
+        "variants": variants, "llm": llm, "metrics": {}, "parity": {}, "versions": {"opset": EK.ONNX_OPSET},
         "created_at": "2026-01-01T00:00:00Z",
     }
     write_manifest(out, manifest)
