@@ -106,11 +106,10 @@ def load_bundle(
         chosen = choice.variant
         wants_recheck = chosen == "int8" and int8_recheck and manifest.int8_recheck_margin is not None
         # int8 and its fp32 recheck take turns on the same cores: no threads spinning in one while the other
-        # runs. On MiniLM this took 0.05 s off a 0.41 s cold start; throughput moved less than its noise.
+        # runs (cold-start figures: benchmarks/README.md).
         spinning = not wants_recheck
         # The graphs' sessions are built on worker threads (ONNX Runtime releases the GIL while it parses and
-        # initialises) while this thread builds the tokenizer and the calibrator: on 2 cores the MiniLM int8 and
-        # fp32 recheck sessions were built in 0.13-0.16 s instead of 0.19-0.20 s one after the other.
+        # initialises) while this thread builds the tokenizer and the calibrator, so they overlap.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="textclassify-load") as pool:
             pending_model = pool.submit(_open_model, manifest, chosen, encoder_plan, spinning)
             pending_recheck = pool.submit(_open_model, manifest, "fp32", encoder_plan, spinning) \

@@ -16,10 +16,9 @@ import numpy as np
 
 from textclassify.runtime.decoding import label_thresholds
 
-# The manifest's recheck margin is the largest change seen on the parity texts times this factor. 1.0:
-# that maximum is over every parity text at two batch sizes, and on the MiniLM benchmark model it was
-# above the largest change seen on 512 other texts (0.36 against 0.34); 1.5 reran 11% of the rows
-# instead of 7%, for no agreement gained there.
+# The manifest's recheck margin is the largest change seen on the parity texts times this factor. 1.0,
+# because that maximum is already taken over every parity text at two batch sizes; a larger factor reruns
+# more rows in fp32 without gaining agreement (figures: benchmarks/README.md).
 RECHECK_SAFETY = 1.0
 
 

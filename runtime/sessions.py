@@ -25,13 +25,13 @@ from textclassify.runtime.errors import BundleError, ConfigError, MissingDepende
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 PROVIDER_SHORTHANDS = ("auto", "cpu", "cuda")
-# ONNX Runtime's own graph fusions left out of CPU-only sessions. SkipLayerNormFusion: on ORT 1.32 the CPU
-# SkipLayerNormalization kernel took 3x the time of the Add + LayerNormalization it replaces (MiniLM,
-# batch 32: 247 ms against 83 ms over 16 batches, profiled), so fp32 ran 20% and int8 15% slower with it.
-# CUDA sessions keep it: there the fused kernel is the fast one.
+# ONNX Runtime's own graph fusions left out of CPU-only sessions. SkipLayerNormFusion: ORT's CPU
+# SkipLayerNormalization kernel is slower than the Add + LayerNormalization it replaces, so fp32 and int8
+# encoders run slower with it (figures: benchmarks/README.md). CUDA sessions keep it: there the fused
+# kernel is the fast one.
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 # A CUDA session's CPU threads only launch kernels and run the odd shape op: one intra-op thread, not
-# spinning, leaves the cores to tokenisation and the LLM client. (Not yet measured on a GPU.)
+# spinning, leaves the cores to tokenisation and the LLM client.
 CUDA_INTRA_OP_THREADS = 1
 # On CUDA, padded widths are rounded up to a multiple of 8 (capped at max_length): fp16 tensor-core
 # GEMMs want dimensions in multiples of 8, and fewer distinct shapes means fewer kernel selections.

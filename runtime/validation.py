@@ -9,11 +9,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from textclassify.runtime.errors import ConfigError, DataError
 
-# User data quoted in an error message is cut to this many characters (a 361-byte YAML file once printed
-# a 7.2 MB error line).
+# User data quoted in an error message is cut to this many characters: a small input can expand into a huge
+# error line (a YAML anchor, a repeated value).
 MAX_QUOTED_CHARS = 200
 # Characters of a text the tokenizer sees at most (load_bundle max_text_chars): the encoder keeps at most
-# max_length tokens anyway, and a 5 MB text took 6.6 s and 0.9 GB to tokenise in full.
+# max_length tokens anyway, and tokenising a multi-megabyte text in full costs seconds and gigabytes.
 DEFAULT_MAX_TEXT_CHARS = 100_000
 LONG_TEXT_POLICIES = ("truncate", "raise")
 

@@ -238,7 +238,7 @@ class LLMScorer(RequestTransport):
         """Fill `results` for the `pending` texts (those the cache did not answer)."""
         import asyncio
 
-        from tqdm import tqdm  # here, not at import: 13 ms of a served bundle's cold start
+        from tqdm import tqdm  # here, not at import: a served bundle's cold start never pays for it
 
         bar = tqdm(total=len(pending), desc="LLM scores", unit="text", file=sys.stderr, disable=not progress)
         loop = asyncio.get_running_loop()
@@ -338,7 +338,7 @@ class LLMScorer(RequestTransport):
         assert self._sem is not None
         while True:
             async with self._sem:
-                if self._breaker.is_open():  # fail at once, before touching the cache: 10,000 texts in < 1 s
+                if self._breaker.is_open():  # fail at once, before touching the cache or the network
                     self._usage["failures"] += 1
                     return self._breaker_error(index, 0)
                 claim = None

@@ -134,8 +134,8 @@ def _start(gguf: Path, timeout_s: float) -> LocalServer:
     params.n_parallel = K.LOCAL_SERVER_PARALLEL
     params.n_ctx = K.LOCAL_SERVER_CTX * K.LOCAL_SERVER_PARALLEL  # llama.cpp splits n_ctx across the slots
     params.verbosity = -1  # llama.cpp's own log stays quiet; our errors say what failed
-    # Few threads, no spin-polling: llama.cpp's threads wait on each other every layer, and on a busy machine
-    # (torch training beside it, other processes) more threads made it several times slower, not faster.
+    # Few threads, no spin-polling: llama.cpp's threads wait on each other every layer, so on a busy machine
+    # (torch training beside it, other processes) more threads make it slower, not faster.
     threads = _server_threads()
     for cpu in (params.cpuparams, params.cpuparams_batch):
         cpu.n_threads = threads

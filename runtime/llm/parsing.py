@@ -246,7 +246,7 @@ def retry_after_seconds(headers: Any) -> float | None:
 
 
 def _http_date_seconds(value: str) -> float | None:
-    import email.utils  # only for an HTTP-date Retry-After: keeps 3 ms off `import textclassify.runtime`
+    import email.utils  # only for an HTTP-date Retry-After: `import textclassify.runtime` does not pay for it
 
     try:
         when = email.utils.parsedate_to_datetime(value)
