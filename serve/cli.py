@@ -46,6 +46,9 @@ The LLM API key comes from the provider's environment variable, as for fusion-pr
               help="Port to bind; 0 picks a free one (the 'listening on' log line names it).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=S.DEFAULT_MAX_BATCH_SIZE, show_default=True,
               help="Rows per batch; 1 turns batching off.")
+@click.option("--encoder-batch-size", type=click.IntRange(min=1), default=None,
+              help="Rows per encoder run inside a batch, shortest first (less padding) [default: "
+                   f"{S.DEFAULT_CPU_ENCODER_BATCH} on the CPU, --max-batch-size on CUDA].")
 @click.option("--max-delay-ms", type=click.FloatRange(min=0), default=S.DEFAULT_MAX_DELAY_MS, show_default=True,
               help="Longest wait for a batch to fill, from its oldest row's arrival.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=S.DEFAULT_MAX_QUEUE, show_default=True,
@@ -77,7 +80,8 @@ The LLM API key comes from the provider's environment variable, as for fusion-pr
               help="Log one line per request (method, path, status; never texts or headers).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
-def main(bundles: tuple[str, ...], host: str, port: int, max_batch_size: int, max_delay_ms: float, max_queue: int,
+def main(bundles: tuple[str, ...], host: str, port: int, max_batch_size: int, encoder_batch_size: int | None,
+         max_delay_ms: float, max_queue: int,
          timeout_s: float, max_texts: int, max_request_bytes: str, token_file: str | None, drain_s: float,
          workers: int, llm_base_url: str | None, on_llm_error: str, variant: str, providers: str,
          intra_op_threads: int | None, cache_dir: str, access_log: bool, log_level: str) -> None:
@@ -101,7 +105,7 @@ def main(bundles: tuple[str, ...], host: str, port: int, max_batch_size: int, ma
         named = _named_bundles(bundles)
         models = _load(named, providers=providers, variant=variant, llm_base_url=llm_base_url,
                        on_llm_error=on_llm_error, cache_dir=cache_dir, batch_size=max_batch_size,
-                       intra_op_threads=intra_op_threads)
+                       encoder_batch_size=encoder_batch_size, intra_op_threads=intra_op_threads)
     except TextClassifyError as e:
         raise click.ClickException(str(e)) from None
     try:
@@ -128,7 +132,8 @@ def _named_bundles(specs: tuple[str, ...]) -> dict[str, Path]:
 
 
 def _load(named: dict[str, Path], *, providers: str, variant: str, llm_base_url: str | None, on_llm_error: str,
-          cache_dir: str, batch_size: int, intra_op_threads: int | None) -> dict[str, Any]:
+          cache_dir: str, batch_size: int, encoder_batch_size: int | None,
+          intra_op_threads: int | None) -> dict[str, Any]:
     from textclassify.runtime.bundle import load_bundle
 
     provider_arg: str | list[str] = providers if providers in ("auto", "cpu", "cuda") else \
@@ -139,9 +144,14 @@ def _load(named: dict[str, Path], *, providers: str, variant: str, llm_base_url:
             bundle = load_bundle(path, providers=provider_arg, variant=variant, llm_base_url=llm_base_url,
                                  on_llm_error=on_llm_error, cache_dir=cache_dir, batch_size=batch_size,
                                  intra_op_num_threads=intra_op_threads)
+            # Loaded (and, on CUDA, warmed up) at the merged batch's size; on the CPU the encoder then runs
+            # a merged batch in shorter runs (settings.DEFAULT_CPU_ENCODER_BATCH says why).
+            bundle.batch_size = encoder_batch_size or (
+                batch_size if any("CUDA" in p for p in bundle.providers)
+                else min(batch_size, S.DEFAULT_CPU_ENCODER_BATCH))
             models[name] = bundle
-            log.info("loaded %s from %s: %d labels, variant %s, providers %s", name, path, len(bundle.labels),
-                     bundle.variant, ",".join(bundle.providers))
+            log.info("loaded %s from %s: %d labels, variant %s, providers %s, encoder runs of %d rows", name, path,
+                     len(bundle.labels), bundle.variant, ",".join(bundle.providers), bundle.batch_size)
     except BaseException:
         for bundle in models.values():
             bundle.close()
