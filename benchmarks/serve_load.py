@@ -9,9 +9,16 @@ loopback LLM right 70% of the time (benchmarks/runtime_vs_torch.py's), exports i
 bundle's path. The load runs then measure, in one run:
 
 1. LLM scores cached (the cache filled before the clock starts): this measures the server, not the LLM.
-   (a) the bundle in-process, `predict` on batches of 32;
+   (a) the bundle in-process, `predict` on batches of 32, encoder runs of 8 rows (what fusion-serve does on
+       the CPU); also with one encoder run of 32 (load_bundle's default batch_size), and `predict` on one
+       text at a time: batch 32 / batch 1 in-process is the most batching can give on this machine;
    (b) fusion-serve, --max-batch-size 32, --clients closed-loop clients each sending one text per request;
-   (c) fusion-serve with batching off (--max-batch-size 1), same clients.
+   (c) fusion-serve with batching off (--max-batch-size 1), same clients, with --workers 1 (one inference at
+       a time, ONNX Runtime's threads alone on the cores) and with --workers (two batch-1 inferences at once);
+       the faster of the two in each round is the baseline of the "batched / batching off" ratio.
+   The three in-process figures take turns, and so do the servers (all started, one loaded at a time), over
+   --rounds rounds: a change in a shared machine's load then hits every figure alike. Ratios are the medians
+   of the per-round ratios.
 2. A loopback LLM answering in 100 ms, every text new to the cache:
    (a) in-process batch 32 (bounded by the LLM: max_concurrency requests per 100 ms);
    (b) fusion-serve with --llm-clients clients; compared with min(LLM bound, encoder bound), where the LLM
@@ -37,6 +44,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support: the loopback LLM server and the fusion-serve process helper
@@ -45,6 +53,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from tests.support.serve_process import ServeProcess  # noqa: E402
 
 BATCH = 32
+ENCODER_BATCH = 8  # fusion-serve's encoder runs on the CPU (serve.settings.DEFAULT_CPU_ENCODER_BATCH)
 
 
 # -- load generation --------------------------------------------------------------------------------
@@ -64,6 +73,17 @@ class Load:
         bad = {c: n for c, n in self.codes.items() if c != 200}
         return (f"{name:<44} {self.texts / self.seconds:8.1f} texts/s   p50 {p50:7.1f} ms   p99 {p99:7.1f} ms"
                 f"   requests {sum(self.codes.values())}" + (f"   NON-200: {bad}" if bad else ""))
+
+    @classmethod
+    def merged(cls, loads: list[Load]) -> Load:
+        """One Load over several runs: their latencies, codes, texts and seconds together."""
+        out = cls()
+        for load in loads:
+            out.latencies += load.latencies
+            out.codes.update(load.codes)
+            out.texts += load.texts
+            out.seconds += load.seconds
+        return out
 
     @property
     def throughput(self) -> float:
@@ -172,17 +192,45 @@ def load_average() -> str:
 
 
 # -- the measurements -------------------------------------------------------------------------------
-def in_process(bundle: Path, texts: list[str], llm_url: str, cache: Path, variant: str) -> tuple[float, float]:
-    """(texts/s at batch 32, share of rows the bundle's gate answered without the LLM) in this process."""
+def in_process(bundle: Path, texts: list[str], llm_url: str, cache: Path, variant: str, *, batch: int = BATCH,
+               encoder_batch: int = ENCODER_BATCH) -> tuple[float, float]:
+    """(texts/s with `predict` on `batch` texts at a time, share of rows the bundle's gate answered without the
+    LLM) in this process; the encoder runs `encoder_batch` rows at a time (load_bundle's batch_size)."""
     from textclassify.runtime import load_bundle
 
-    with load_bundle(bundle, variant=variant, llm_base_url=llm_url, cache_dir=cache, providers="cpu") as b:
+    with load_bundle(bundle, variant=variant, llm_base_url=llm_url, cache_dir=cache, providers="cpu",
+                     batch_size=encoder_batch) as b:
         b.predict(texts[:BATCH])  # warm: the first LLM call imports the SDK
         start, skipped = time.perf_counter(), 0
-        for i in range(BATCH, len(texts), BATCH):
-            skipped += len(b.predict(texts[i:i + BATCH]).metadata.get("llm_skipped", []))
+        for i in range(BATCH, len(texts), batch):
+            skipped += len(b.predict(texts[i:i + batch]).metadata.get("llm_skipped", []))
         seconds = time.perf_counter() - start
     return (len(texts) - BATCH) / seconds, skipped / (len(texts) - BATCH)
+
+
+def in_process_rounds(bundle: Path, texts: list[str], llm_url: str, cache: Path, variant: str,
+                      rounds: int) -> dict[str, list[float]]:
+    """Texts/s per round in this process: predict on batches of 32 with encoder runs of 8 ("runs8") and of 32
+    ("runs32"), and on one text at a time ("one"), the three taking turns in each round."""
+    from textclassify.runtime import load_bundle
+
+    def throughput(b: object, batch: int) -> float:
+        start = time.perf_counter()
+        for i in range(0, len(texts), batch):
+            b.predict(texts[i:i + batch])
+        return len(texts) / (time.perf_counter() - start)
+
+    opened = dict(variant=variant, llm_base_url=llm_url, cache_dir=cache, providers="cpu")
+    with load_bundle(bundle, batch_size=ENCODER_BATCH, **opened) as b8, \
+            load_bundle(bundle, batch_size=BATCH, **opened) as b32:
+        for b in (b8, b32):
+            b.predict(texts[:BATCH])  # warm: the first LLM call imports the SDK
+        out: dict[str, list[float]] = {"runs8": [], "runs32": [], "one": []}
+        for _ in range(rounds):
+            out["runs8"].append(throughput(b8, BATCH))
+            out["runs32"].append(throughput(b32, BATCH))
+            out["one"].append(throughput(b8, 1))
+    return out
 
 
 def fill_cache(bundle: Path, texts: list[str], llm_url: str, cache: Path, variant: str) -> None:
@@ -209,30 +257,51 @@ def run(args: argparse.Namespace) -> None:
     try:
         cache = work / "cache"
         fill_cache(bundle, texts, fast.base_url, cache, args.variant)
-        print("\n1. LLM scores cached (every text scored before the clock starts)")
-        tput_a, _ = in_process(bundle, texts, fast.base_url, cache, args.variant)
-        print(f"{'(a) in-process, predict on batches of 32':<44} {tput_a:8.1f} texts/s")
-        server = serve(bundle, work, fast.base_url, cache, args.variant, "--max-batch-size", "32",
-                       "--max-delay-ms", str(args.max_delay_ms), "--workers", str(args.workers))
+        print("\n1. LLM scores cached (every text scored before the clock starts); "
+              f"{args.rounds} interleaved rounds, medians of the per-round figures")
+        inproc = in_process_rounds(bundle, texts[:args.inproc_texts], fast.base_url, cache, args.variant,
+                                   args.rounds)
+        tput_a, tput_32, tput_1 = (median(inproc[k]) for k in ("runs8", "runs32", "one"))
+        ceiling = median([a / b for a, b in zip(inproc["runs8"], inproc["one"])])
+        print(f"{'(a) in-process, batches of 32, encoder runs 8':<44} {tput_a:8.1f} texts/s")
+        print(f"{'    in-process, batches of 32, encoder runs 32':<44} {tput_32:8.1f} texts/s")
+        print(f"{'    in-process, one text per predict':<44} {tput_1:8.1f} texts/s   in-process batch 32 / batch 1: "
+              f"{ceiling:.2f}x (runs of 8), "
+              f"{median([a / b for a, b in zip(inproc['runs32'], inproc['one'])]):.2f}x (runs of 32)")
+        common = ["--max-delay-ms", str(args.max_delay_ms)]
+        servers = {"batched": serve(bundle, work, fast.base_url, cache, args.variant, "--max-batch-size", "32",
+                                    "--workers", str(args.workers), *common)}
+        soak = None
         try:
-            closed_loop(server.url, "m", args.clients, texts, duration_s=2)  # warm-up, not reported
-            batched = closed_loop(server.url, "m", args.clients, texts, duration_s=args.duration_s)
+            for workers in sorted({1, args.workers}):
+                servers[f"off{workers}"] = serve(bundle, work, fast.base_url, cache, args.variant,
+                                                 "--max-batch-size", "1", "--workers", str(workers), *common)
+            for server in servers.values():
+                closed_loop(server.url, "m", args.clients, texts, duration_s=2)  # warm-up, not reported
+            # The servers take turns (the others idle) so a change in the machine's load hits every one of them.
+            loads: dict[str, list[Load]] = {name: [] for name in servers}
+            for _ in range(args.rounds):
+                for name, server in servers.items():
+                    loads[name].append(closed_loop(server.url, "m", args.clients, texts,
+                                                   duration_s=args.duration_s / args.rounds))
+            batched = Load.merged(loads["batched"])
             print(batched.line(f"(b) fusion-serve, batch 32, {args.clients} clients"))
-            soak = _soak(server, texts, args) if args.soak_requests else None
+            for workers in sorted({1, args.workers}):
+                print(Load.merged(loads[f"off{workers}"]).line(f"(c) fusion-serve, batching off, --workers {workers}"))
+            best_off = [max(loads[k][r].throughput for k in loads if k != "batched") for r in range(args.rounds)]
+            ratio = median([b.throughput / off for b, off in zip(loads["batched"], best_off)])
+            served = median([b.throughput / tput_a for b in loads["batched"]])
+            p50, p99 = batched.percentile(0.5), batched.percentile(0.99)
+            print(f"    served / in-process: {served:.2f} (target >= 0.70); batched / batching off (the faster "
+                  f"per round): {ratio:.2f}x (target >= 3; in-process batch 32 / batch 1: {ceiling:.2f}x); "
+                  f"p99 / p50: {p99 / p50:.2f} (target <= 4)   load average {load_average()}")
+            for name in [n for n in servers if n != "batched"]:
+                servers.pop(name).stop()
+            if args.soak_requests:
+                soak = _soak(servers["batched"], texts, args)
         finally:
-            server.stop()
-        server = serve(bundle, work, fast.base_url, cache, args.variant, "--max-batch-size", "1",
-                       "--workers", str(args.workers))
-        try:
-            closed_loop(server.url, "m", args.clients, texts, duration_s=2)
-            single = closed_loop(server.url, "m", args.clients, texts, duration_s=args.duration_s)
-            print(single.line(f"(c) fusion-serve, batching off, {args.clients} clients"))
-        finally:
-            server.stop()
-        p50, p99 = batched.percentile(0.5), batched.percentile(0.99)
-        print(f"    served / in-process: {batched.throughput / tput_a:.2f} (target >= 0.70); batched / batching "
-              f"off: {batched.throughput / single.throughput:.2f}x (target >= 3); p99 / p50: {p99 / p50:.2f} "
-              f"(target <= 4)   load average {load_average()}")
+            for server in servers.values():
+                server.stop()
     finally:
         fast.stop()
 
@@ -322,6 +391,8 @@ def main() -> None:
     parser.add_argument("--texts-file", default=None, help="JSON list of texts (default: synthetic tickets)")
     parser.add_argument("--texts", type=int, default=2048, help="distinct texts the clients cycle through")
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--inproc-texts", type=int, default=512, help="texts per in-process measurement")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds of section 1")
     parser.add_argument("--llm-clients", type=int, default=256)
     parser.add_argument("--duration-s", type=float, default=20.0, help="seconds per timed load run")
     parser.add_argument("--soak-requests", type=int, default=100_000, help="0 skips the memory run")
