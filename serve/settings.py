@@ -15,8 +15,7 @@ DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 DEFAULT_DRAIN_S = 20.0
 DEFAULT_WORKERS = 2
 # Rows per encoder run inside a merged batch on the CPU. The bundle sorts a batch's rows by token length and
-# pads each run to its longest row, so runs of 8 pad far less than one run of 32 (on the demo's movie reviews
-# 1.2x the real tokens instead of 1.9x); docs/serving.md "Batching" has the measured throughput.
+# pads each run to its longest row, so short runs pad less; docs/serving.md "Batching" has the measurement.
 DEFAULT_CPU_ENCODER_BATCH = 8
 RETRY_AFTER_S = 1  # what a 503 for a full queue tells the client to wait
 

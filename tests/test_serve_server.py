@@ -318,3 +318,21 @@ def test_metrics_have_a_latency_histogram_per_stage(serve: ServeProcess) -> None
     # the graphs' time is part of the bundle call's time (both summed over every batch so far)
     assert (_metric(after, "textclassify_stage_seconds_sum", model="tickets", stage="graphs")
             <= _metric(after, "textclassify_stage_seconds_sum", model="tickets", stage="inference"))
+
+
+def test_cpu_encoder_runs_default_to_eight_rows(serve: ServeProcess) -> None:
+    """On the CPU a merged batch of up to 32 rows runs the encoder in runs of 8 (the log line says so)."""
+    assert "encoder runs of 8 rows" in serve.log()
+
+
+def test_encoder_batch_size_option(toy_dir: Path, server: FakeLLMServer, tmp_path: Path) -> None:
+    """--encoder-batch-size sets the run size; the answers are those of one run per batch."""
+    with ServeProcess(["--bundle", str(toy_dir), "--llm-base-url", server.base_url, "--cache-dir", str(tmp_path / "c"),
+                       "--encoder-batch-size", "3"], tmp_path / "serve.log") as proc:
+        assert "encoder runs of 3 rows" in proc.log()
+        r = httpx.post(f"{proc.url}/v1/models/tickets/predict", json={"texts": TEXTS[:10]}, timeout=30)
+    assert r.status_code == 200, r.text
+    with load_bundle(toy_dir, llm_base_url=server.base_url, cache_dir=tmp_path / "c", batch_size=32) as bundle:
+        expected = bundle.predict(TEXTS[:10])
+    assert r.json()["predictions"] == expected.predictions
+    np.testing.assert_allclose(r.json()["probabilities"], expected.probabilities, atol=1e-5)
