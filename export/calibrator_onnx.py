@@ -235,19 +235,3 @@ def calibrator_to_onnx(calibrator: TemperatureCalibrator | IsotonicCalibrator, n
     helper.set_model_props(model, {"textclassify.calibrator": kind, "textclassify.n_labels": str(n_labels)})
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def run_calibrator_onnx(model: onnx.ModelProto, raw_scores: np.ndarray) -> np.ndarray:
-    """Run calibrator.onnx on the CPU with ONNX Runtime; float32 [n, C]."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {constants.CALIBRATOR_INPUT: np.ascontiguousarray(raw_scores, dtype=np.float32)}
-    return session.run([constants.CALIBRATOR_OUTPUT], feed)[0]
-
-
-def calibrator_max_abs_diff(model: onnx.ModelProto, calibrator: TemperatureCalibrator | IsotonicCalibrator,
-                            raw_scores: np.ndarray) -> float:
-    """Largest |ONNX - calibrator.transform| on `raw_scores` (the export's parity figure)."""
-    raw = np.asarray(raw_scores, dtype=np.float32)
-    return float(np.abs(run_calibrator_onnx(model, raw) - calibrator.transform(raw)).max(initial=0.0))

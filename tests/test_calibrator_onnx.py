@@ -10,10 +10,17 @@ from skl2onnx.common.data_types import FloatTensorType
 from sklearn.isotonic import IsotonicRegression
 
 from textclassify.export import constants as EK
-from textclassify.export.calibrator_onnx import calibrator_to_onnx, run_calibrator_onnx
+from textclassify.export.calibrator_onnx import calibrator_to_onnx
 from textclassify.runtime import constants
 from textclassify.runtime.errors import ExportError
 from textclassify.train.calibration import IsotonicCalibrator, TemperatureCalibrator
+
+
+def run_calibrator_onnx(model: onnx.ModelProto, raw_scores: np.ndarray) -> np.ndarray:
+    """Run calibrator.onnx on the CPU with ONNX Runtime; float32 [n, C]."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {constants.CALIBRATOR_INPUT: np.ascontiguousarray(raw_scores, dtype=np.float32)}
+    return session.run([constants.CALIBRATOR_OUTPUT], feed)[0]
 
 
 def _io(model: onnx.ModelProto) -> tuple[list[str], list[str]]:

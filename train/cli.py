@@ -14,9 +14,7 @@ from textclassify.runtime.errors import ConfigError, TextClassifyError, one_line
 from textclassify.runtime.output_paths import check_output_dir
 from textclassify.train.yaml_config import (
     TrainConfig,
-    apply_overrides,
-    parse_config,
-    read_config_document,
+    load_config,
     to_yaml_terms,
     write_default_config,
 )
@@ -66,10 +64,9 @@ def _name_flag(message: str, used: Mapping[str, str]) -> str:
 
 def resolve_config(config_path: str | None, overrides: Mapping[str, Any]) -> TrainConfig:
     """The validated config: the YAML file (if any) with flag overrides (flag -> value) applied on top."""
-    document = read_config_document(config_path) if config_path else {}
     used = {flag: FLAG_PATHS[flag] for flag in overrides}
     try:
-        cfg = parse_config(apply_overrides(document, {FLAG_PATHS[f]: v for f, v in overrides.items()}))
+        cfg = load_config(config_path, {FLAG_PATHS[f]: v for f, v in overrides.items()})
     except ConfigError as e:
         raise ConfigError(_name_flag(str(e), used)) from None
     if not cfg.train_path:

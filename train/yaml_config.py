@@ -217,10 +217,11 @@ def read_config_document(path: str | os.PathLike) -> dict[str, Any]:
     return document
 
 
-def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Read, override (YAML paths such as 'models.llm.model') and validate a fusion-train YAML file."""
-    document = apply_overrides(read_config_document(path), overrides or {})
-    return parse_config(document)
+def load_config(path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read (no file: defaults only), override (YAML paths such as 'models.llm.model') and validate a
+    fusion-train YAML file."""
+    document = read_config_document(path) if path else {}
+    return parse_config(apply_overrides(document, overrides or {}))
 
 
 def apply_overrides(document: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
