@@ -139,26 +139,26 @@ def test_jsonl_to_csv_with_overwrite(local_ray, bundle_dir: Path, llm_server: Fa
     assert [r["prediction"] for r in rows] == want.predictions
 
 
-@pytest.mark.xfail(run=False, reason="deadlocks on 2 CPUs: read_parquet's ListFiles task asks for 1 CPU while 4 actors "
-                   "at 0.5 CPU hold both; needs the file listing at 0 CPU")
 def test_parquet_glob_llm_concurrency_cap(local_ray, bundle_dir: Path, tmp_path: Path) -> None:
     """4 actors under --llm-concurrency 8: the fake server never sees more than 8 requests at once."""
+    texts = [f"{t} #{i}" for i, (t, _) in enumerate(make_tickets(240, seed=8))]
     for k in range(2):
-        part = TICKETS[k * 30:(k + 1) * 30]
-        pq.write_table(pa.table({"id": list(range(k * 30, (k + 1) * 30)), "text": [t for t, _ in part]}),
+        pq.write_table(pa.table({"id": list(range(k * 120, (k + 1) * 120)), "text": texts[k * 120:(k + 1) * 120]}),
                        tmp_path / f"part{k}.parquet")
+    # 0.25 CPU per actor: the 4 actors hold one of the 2 CPUs, so Ray Data's file listing (a task that asks for
+    # a whole CPU) still finds one; at 0.5 each the actors held both and the run waited forever.
     with FakeLLMServer(delay_s=0.15) as server:
         summary = predict_dataset(str(bundle_dir), str(tmp_path / "part*.parquet"), str(tmp_path / "out"),
-                                  workers=4, cpus_per_worker=0.5, batch_size=10, llm_concurrency=8,
+                                  workers=4, cpus_per_worker=0.25, batch_size=10, llm_concurrency=8,
                                   output_format="jsonl", load_options=_options(server, tmp_path / "cache"),
                                   progress=False)
         peak, requests = server.max_in_flight, server.requests
-    assert requests == 60 and summary["rows"] == 60
+    assert requests == 240 and summary["rows"] == 240
     assert summary["ray"]["llm_concurrency_per_worker"] == 2
     assert 2 < peak <= 8, peak  # above one actor's share: the cap is global, and it held
     ids = sorted(json.loads(line)["id"] for f in (tmp_path / "out").glob("*.jsonl")
                  for line in f.read_text(encoding="utf-8").splitlines())
-    assert ids == list(range(60))
+    assert ids == list(range(240))
 
 
 def _worker_pids() -> list[int]:
