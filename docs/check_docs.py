@@ -22,7 +22,7 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOWN_TOOLS = frozenset({"pip", "python", "python3", "curl", "git", "make", "bash", "cat", "ray", "systemctl",
-                         "nvidia-smi", "export", "cd", "ls", "docker", "uvicorn"})
+                         "nvidia-smi", "export", "cd", "ls", "docker", "uvicorn", "serve"})
 OUTSIDE = re.compile(r"DESIGN\.md|STYLE\.md|\.\./shared|shared docs")
 FENCE = re.compile(r"^```(\w*)\s*$")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")

@@ -81,6 +81,7 @@ def predict_dataset(
     timings: dict[str, float] = {}
     started_ray = _connect(ray_address, num_cpus, timings)
     staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+    block_size_before = None
     try:
         scans = _scan(files, fmt, text_column, output_columns(labels), timings)
         bad = [(scan.path, *row) for scan in scans for row in scan.bad]
@@ -92,6 +93,7 @@ def predict_dataset(
         tally = _Tally.options(num_cpus=0).remote()
         run_started, run_started_wall = time.perf_counter(), time.time()
         context = ray.data.DataContext.get_current()
+        block_size_before = context.target_max_block_size
         context.target_max_block_size = block_bytes(sum(os.path.getsize(f) for f in files), workers)
         dataset = _read(files, fmt, text_column).map_batches(
             _BundleWorker, batch_size=batch_size, batch_format="pyarrow",
@@ -113,6 +115,8 @@ def predict_dataset(
         _publish(staging, out)
         errors_file = _write_errors(out, bad, fmt, text_column, output_format)
     finally:
+        if block_size_before is not None:  # the driver's Ray Data context outlives this run
+            ray.data.DataContext.get_current().target_max_block_size = block_size_before
         shutil.rmtree(staging, ignore_errors=True)
         if started_ray:
             ray.shutdown()
