@@ -94,3 +94,30 @@ def test_format_report_shows_models_usage_and_timings():
     assert "Reused the LLM cache (data/llm_cache) of an earlier run: 590 of 600 training texts came from it\n" in text
     assert "(3 bundle rows had no LLM score and were answered by the encoder alone)" in text
     assert "  total                                      400.0 s" in text
+
+
+def test_format_report_shows_the_combiner_that_serves_and_its_cv_table():
+    """The demo prints the lexical and no-LLM rows, the combiner serving, the CV table with one '<- serves' mark,
+    the stage-1 line, and the best single part against the fused model."""
+    table = [{"combiner": "encoder", "cv_log_loss": 0.61234, "cv_accuracy": 0.75, "cv_macro_f1": 0.7, "chosen": False},
+             {"combiner": "stacker+lexical", "cv_log_loss": 0.5, "cv_accuracy": 0.8, "cv_macro_f1": 0.78,
+              "chosen": True}]
+    metrics = {k: _metrics(0.5, 0.4) for k in ("ml", "llm", "llm_raw", "stacker", "fused_no_llm")}
+    metrics.update(lexical=_metrics(0.6, 0.55), fused=_metrics(0.62, 0.58))
+    run = demo.DemoRun(
+        n_train=1200, n_test=300, label_counts={"fresh": 640, "rotten": 465, "plot": 95}, metrics=metrics,
+        bundle_metrics=_metrics(0.62, 0.58), fit_usage={}, predict_usage={}, timings={"combiner_s": 12.0},
+        combiner={"chosen": "stacker+lexical", "folds": 5, "cv_table": table, "lexical": "served"},
+        stage1="stage 1: lr 0.0001 (user), 100 of 100 steps (user length)",
+    )
+    text = demo.format_report(run)
+    assert "  Lexical alone (TF-IDF + logistic regr.)        0.600     0.550" in text
+    assert "  Fused without the LLM (no-LLM head)" in text
+    assert ("Combiner serving: stacker+lexical (lowest 5-fold cross-fitted log-loss on the fusion rows; lexical "
+            "component: served)") in text
+    assert "  encoder                         0.6123       0.750       0.700\n" in text
+    assert text.count("<- serves") == 1
+    assert "  stacker+lexical                 0.5000       0.800       0.780  <- serves" in text
+    assert "  stage 1: lr 0.0001 (user), 100 of 100 steps (user length)" in text
+    assert "  combiners compared by cross-fitting         12.0 s" in text
+    assert "Best single part: the lexical model (0.550); fused 0.580 (+0.030)." in text

@@ -2,7 +2,8 @@
 
 Fine-tunes all-MiniLM-L6-v2 and fuses it with SmolLM2-135M (llama.cpp on 127.0.0.1) on a stratified sample
 of Rotten Tomatoes snippets (fresh / rotten / plot), exports the ONNX bundle, loads it with the torch-free
-runtime, predicts the held-out test set and prints ML alone, LLM alone, stacker and fused side by side.
+runtime, predicts the held-out test set and prints the encoder, the lexical model, the LLM, the stacker and the
+fused model side by side, with the combiner that serves and the cross-fitted table it was chosen from.
 Assets come from `python -m textclassify.train.demo_assets` (`make demo` runs it first).
 """
 from __future__ import annotations
@@ -95,6 +96,8 @@ class DemoRun:
     degraded_rows: int = 0
     bundle_variant: str = "fp32"
     llm_model: str = ""
+    combiner: dict[str, Any] = field(default_factory=dict)  # metadata_["combiner"]: chosen, folds, cv_table, lexical
+    stage1: str = ""  # the stage-1 schedule in one line (train.schedule.describe_stage1)
 
 
 def _stage(message: str, quiet: bool) -> None:
@@ -156,22 +159,27 @@ def run_demo(root: str | Path = ".", *, n_train: int = TRAIN_ROWS, n_test: int =
         degraded_rows=len(result.metadata.get("degraded", [])), bundle_variant=str(result.metadata.get("variant")),
         llm_model=local_model_name(), abstained=int(clf.metadata_["llm_usage"].get("abstained", 0)),
         n_llm_scored=int(clf.metadata_["splits"]["fusion"]) + len(test_df),
+        combiner=dict(clf.metadata_.get("combiner") or {}), stage1=str((clf.metadata_.get("stage1") or {}).get(
+            "summary", "")),
     )
 
 
 # ----------------------------------------------------------------------------------------------- report
 MODEL_ROWS = (
     ("ml", "ML alone (fine-tuned MiniLM)"),
+    ("lexical", "Lexical alone (TF-IDF + logistic regr.)"),
     ("llm", "LLM alone (SmolLM2, calibrated)"),
     ("llm_raw", "LLM alone (SmolLM2, raw scores)"),
     ("stacker", "Stacker baseline (logistic regression)"),
-    ("fused", "Fused (training model)"),
+    ("fused", "Fused (served combiner, training model)"),
+    ("fused_no_llm", "Fused without the LLM (no-LLM head)"),
 )
 STAGE_ROWS = (
     ("data_s", "read + sample the corpus"),
     ("llm_scoring_s", "LLM scores (fusion rows + test)"),
     ("stage1_s", "stage 1: fine-tune the encoder"),
-    ("stage2_s", "stage 2: fusion warm-up + joint"),
+    ("lexical_s", "lexical model (cross-fitted)"),
+    ("combiner_s", "combiners compared by cross-fitting"),
     ("fit_s", "fit, all of it"),
     ("export_s", "export the ONNX bundle"),
     ("load_bundle_s", "load the bundle"),
@@ -211,11 +219,32 @@ def verdict(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
                      "or a stronger LLM, close the gap.")
     if stacker is not None:
         lines.append(f"The stacker baseline (logistic regression on the same inputs) reaches {stacker:.3f}.")
+    if "lexical" in metrics:
+        parts = {"the encoder": ml, "the lexical model": _score(metrics["lexical"])[1], "the LLM": llm}
+        best = max(parts, key=parts.__getitem__)
+        lines.append(f"Best single part: {best} ({parts[best]:.3f}); fused {fused:.3f} ({fused - parts[best]:+.3f}).")
     return lines
 
 
 def _int(usage: Mapping[str, Any], key: str) -> str:
     return f"{int(usage.get(key) or 0):,}"
+
+
+def combiner_lines(combiner: Mapping[str, Any], stage1: str = "") -> list[str]:
+    """The combiner that serves and the cross-fitted table it was chosen from (a log-loss tie goes to the simpler)."""
+    table = combiner.get("cv_table") or []
+    if not table:
+        return []
+    out = ["", f"Combiner serving: {combiner.get('chosen')} (lowest {combiner.get('folds')}-fold cross-fitted log-loss "
+               f"on the fusion rows; lexical component: {combiner.get('lexical')})",
+           f"  {'candidate':<26}{'CV log-loss':>12}{'CV accuracy':>12}{'CV macro-F1':>12}"]
+    for row in table:
+        mark = "  <- serves" if row.get("chosen") else ""
+        out.append(f"  {row['combiner']:<26}{row['cv_log_loss']:>12.4f}{row['cv_accuracy']:>12.3f}"
+                   f"{row['cv_macro_f1']:>12.3f}{mark}")
+    if stage1:
+        out.append(f"  {stage1}")
+    return out
 
 
 def format_report(run: DemoRun) -> str:
@@ -237,6 +266,7 @@ def format_report(run: DemoRun) -> str:
     out.append(f"  {'Fused (ONNX bundle, ' + run.bundle_variant + ', torch-free)':<42}{acc:>10.3f}{f1:>10.3f}")
     if run.degraded_rows:
         out.append(f"  ({run.degraded_rows} bundle rows had no LLM score and were answered by the encoder alone)")
+    out += combiner_lines(run.combiner, run.stage1)
     out += ["", f"{'LLM usage':<28}{'requests':>10}{'cache hits':>12}{'prompt tok':>12}{'answer tok':>12}"]
     for name, usage in (("training (fit)", run.fit_usage), ("bundle predict", run.predict_usage)):
         out.append(f"  {name:<26}{_int(usage, 'requests'):>10}{_int(usage, 'cache_hits'):>12}"
