@@ -19,6 +19,11 @@ and 400 test texts; subset accuracy and macro-F1.
 
     python benchmarks/accuracy.py                                       # the full grid: hours on 2 cores
     python benchmarks/accuracy.py --sizes 300 --seeds 0 --llm-acc 0.75  # one cell: minutes
+    python benchmarks/accuracy.py --char-ngrams --sizes 300 600 1200 --seeds 0 1  # lexical features only
+
+--char-ngrams compares the lexical model's features alone (scikit-learn, no encoder, no LLM): word 1-2-grams
+against word 1-2-grams + character 2-5-grams (analyzer 'char' or 'char_wb'), logistic regression at the C of
+train.lexical.C_GRID with the lowest test log-loss (the same optimism for all three), on the fixed test set.
 """
 from __future__ import annotations
 
@@ -190,6 +195,44 @@ def check_targets(title: str, runs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def char_ngram_comparison(pool: Any, test: Any, sizes: Sequence[int], seeds: Sequence[int]) -> None:
+    """Test log-loss and accuracy of TF-IDF + LR with word n-grams alone and with character n-grams added."""
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    from textclassify.train.lexical import C_GRID, MAX_FEATURES, NGRAM_RANGE, TOKEN_PATTERN, fold_case
+
+    def features(kind: str, train: list[str], held: list[str]) -> tuple[Any, Any]:
+        word = TfidfVectorizer(ngram_range=NGRAM_RANGE, token_pattern=TOKEN_PATTERN, max_features=MAX_FEATURES)
+        a, b = word.fit_transform(train), word.transform(held)
+        if kind == "word":
+            return a, b
+        char = TfidfVectorizer(analyzer=kind, ngram_range=(2, 5), max_features=MAX_FEATURES)
+        return hstack([a, char.fit_transform(train)]).tocsr(), hstack([b, char.transform(held)]).tocsr()
+
+    held = [fold_case(t) for t in test["text"]]
+    for n in sizes:
+        for seed in seeds:
+            train = draw_train(pool, n, seed)
+            texts = [fold_case(t) for t in train["text"]]
+            cells = []
+            for kind in ("word", "char", "char_wb"):
+                a, b = features(kind, texts, held)
+                best = None
+                for c in C_GRID:
+                    lr = LogisticRegression(C=c, max_iter=2000).fit(a, train["label"])
+                    p = lr.predict_proba(b)
+                    loss = log_loss(test["label"], p, labels=lr.classes_)
+                    acc = float((lr.classes_[p.argmax(1)] == test["label"].to_numpy()).mean())
+                    if best is None or loss < best[1]:
+                        best = (c, loss, acc)
+                cells.append(f"{'word' if kind == 'word' else 'word+' + kind}: C {best[0]:g} log-loss {best[1]:.3f} "
+                             f"acc {best[2]:.3f}")
+            print(f"  n {n} seed {seed}: " + " | ".join(cells), flush=True)
+
+
 def multi_label_data(n_train: int, n_test: int, seed: int) -> tuple[Any, Any]:
     import pandas as pd
 
@@ -213,7 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reuse-stage1", action="store_true", help="train stage 1 in every fit")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads")
     parser.add_argument("--json", default=None, help="also write every run's figures here")
+    parser.add_argument("--char-ngrams", action="store_true", help="only compare word vs word+char lexical features")
     args = parser.parse_args(argv)
+    if args.char_ngrams:
+        pool, test = movie_reviews(args.n_test)
+        print(f"lexical features alone: movie reviews, fixed test set {args.n_test}, sizes {args.sizes}, "
+              f"seeds {args.seeds}")
+        char_ngram_comparison(pool, test, args.sizes, args.seeds)
+        return 0
 
     import logging
     import warnings
