@@ -195,7 +195,6 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--cache", help="a cache_dir already holding these texts' scores (skips the fill)")
     parser.add_argument("--skip-in-process", action="store_true", help="skip run 2b (the CLI run gives 2a)")
     parser.add_argument("--split-only", action="store_true", help="run only the split-cache experiment (4)")
     parser.add_argument("--split-rows", type=int, default=4000, help="0 skips the split-cache experiment")
@@ -218,14 +217,11 @@ def main() -> None:
     texts = [t for t, _ in make_tickets(args.texts, seed=7)]
     src = work / "texts.csv"
     write_input(src, texts)
-    cache = Path(args.cache) if args.cache else work / "cache"
+    cache = work / "cache"  # filled in this run: the loopback LLM's URL (its port) is part of every cache key
     print(f"bundle {bundle}; {len(texts):,} distinct texts; {os.cpu_count()} CPUs; load average {load_average()}")
     with FakeLLMServer() as llm:
-        if args.cache:
-            print(f"cache {cache} reused (filled by an earlier run of this script with the same texts)")
-        else:
-            fill_s = fill_cache(bundle, texts, llm.base_url, cache)
-            print(f"cache filled in {fill_s:.1f} s ({llm.requests:,} LLM requests); every timed run below is cached")
+        fill_s = fill_cache(bundle, texts, llm.base_url, cache)
+        print(f"cache filled in {fill_s:.1f} s ({llm.requests:,} LLM requests); every timed run below is cached")
         seen = llm.requests
         cli = fusion_predict_cli(bundle, src, work / "single.csv", llm.base_url, cache, args.batch_size)
         steady = None if args.skip_in_process else single_process_steady(bundle, texts, llm.base_url, cache,
