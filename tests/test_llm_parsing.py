@@ -6,8 +6,6 @@ import math
 import time
 
 import pytest
-from openai.types.chat import ChatCompletion
-from openai.types.chat.chat_completion import Choice
 
 from textclassify.runtime.errors import LLMResponseError
 from textclassify.runtime.llm import parsing as P
@@ -54,54 +52,22 @@ def test_json_scores_rejected(content: str, message: str) -> None:
     assert str(info.value) == message
 
 
-class _Raw:
-    """What `with_raw_response` hands back, reduced to parse(): the SDK's typed result, or what it raises."""
-
-    def __init__(self, parsed: object) -> None:
-        self.parsed = parsed
-
-    def parse(self) -> object:
-        if isinstance(self.parsed, Exception):
-            raise self.parsed
-        return self.parsed
-
-
-def _completion(body: dict) -> ChatCompletion:
-    return ChatCompletion.construct(**body)  # as the SDK builds a response: not validated
-
-
 def test_body_and_choice_errors() -> None:
-    """A non-JSON body, a JSON list, a body without choices, a non-object choice and a message without text are
-    each named."""
+    """A non-JSON body, a body without choices and a message without text are each named."""
     with pytest.raises(LLMResponseError, match="^the response body is not JSON$"):
-        P.parse_completion(_Raw(ValueError("Expecting value")))
-    with pytest.raises(LLMResponseError, match="^the response body is not JSON$"):
-        P.parse_completion(_Raw("<html>"))
-    with pytest.raises(LLMResponseError, match=r"^the response body is JSON but not an object \(a list\)$"):
-        P.parse_completion(_Raw([1, 2]))
+        P.parse_body("<html>")
     with pytest.raises(LLMResponseError, match="^the response has no choices$"):
-        P.first_choice(_completion({"choices": []}))
-    with pytest.raises(LLMResponseError, match=r"^choices\[0\] is not an object$"):
-        P.first_choice(_completion({"choices": ["billing"]}))
+        P.first_choice({"choices": []})
     with pytest.raises(LLMResponseError, match="^the response's message has no text content$"):
-        P.message_content(_completion({"choices": [{"message": {"content": None}}]}).choices[0])
+        P.message_content({"message": {"content": None}})
 
 
-def test_completion_id_and_content_are_read_from_the_typed_response() -> None:
-    """A well-formed completion gives its id and its message text."""
-    completion = P.parse_completion(_Raw(_completion({"id": "chatcmpl-7", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": '{"billing": 1}'}}]})))
-    assert P.completion_id(completion) == "chatcmpl-7"
-    assert P.message_content(P.first_choice(completion)) == '{"billing": 1}'
-    assert P.completion_id(None) is None
-
-
-def _choice(top: list[tuple[str, float]], first: str | None = None) -> Choice:
+def _choice(top: list[tuple[str, float]], first: str | None = None) -> dict:
     entries = [{"token": t, "logprob": lp} for t, lp in top]
     content = [dict(entries[0], top_logprobs=entries)]
     if first is not None:
         content.insert(0, {"token": first, "logprob": 0.0, "top_logprobs": [{"token": first, "logprob": 0.0}]})
-    return _completion({"choices": [{"message": {"content": "billing"}, "logprobs": {"content": content}}]}).choices[0]
+    return {"message": {"content": "billing"}, "logprobs": {"content": content}}
 
 
 def test_logprob_scores_sum_per_label_and_renormalise() -> None:
@@ -134,8 +100,7 @@ def test_logprob_token_beginning_two_labels_is_split() -> None:
 def test_logprobs_missing_or_naming_no_label() -> None:
     """No logprobs at all, or top tokens that name no label, are LLMResponseErrors."""
     with pytest.raises(LLMResponseError, match="^the response carries no logprobs$"):
-        P.parse_logprob_scores(_completion({"choices": [{"message": {"content": "billing"}, "logprobs": None}]})
-                               .choices[0], LABELS, None)
+        P.parse_logprob_scores({"message": {"content": "billing"}, "logprobs": None}, LABELS, None)
     with pytest.raises(LLMResponseError, match=r"^no top logprob token names a label \(tokens \['The', 'I'\]\)$"):
         P.parse_logprob_scores(_choice([("The", -0.1), ("I", -2.0)]), LABELS, None)
 
@@ -148,11 +113,9 @@ def test_scrub_and_truncate() -> None:
 
 
 def test_usage_counts() -> None:
-    """Token counts come from completion.usage, zeros when absent, the total summed when missing."""
-    usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
-    assert P.usage_counts(_completion({"usage": usage})) == (7, 3, 10)
-    assert P.usage_counts(_completion({"usage": {"prompt_tokens": 7, "completion_tokens": 3}})) == (7, 3, 10)
-    assert P.usage_counts(_completion({})) == (0, 0, 0)
+    """Token counts come from body['usage'], zeros when absent."""
+    assert P.usage_counts({"usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}) == (7, 3, 10)
+    assert P.usage_counts({}) == (0, 0, 0)
 
 
 def test_retry_after_forms() -> None:

@@ -1,5 +1,4 @@
-"""Turn a chat completion (the SDK's typed response) into label scores, strictly: anything unexpected is an
-LLMResponseError."""
+"""Turn a chat-completion body into label scores, strictly: anything unexpected is an LLMResponseError."""
 from __future__ import annotations
 
 import json
@@ -36,44 +35,42 @@ def response_text(response: Any) -> str:
         return ""
 
 
-def parse_completion(raw: Any) -> Any:
-    """The typed ChatCompletion of a raw SDK response (`with_raw_response`); LLMResponseError when the body is
-    not a JSON object. The SDK builds the model without validating it, so its fields are read defensively."""
-    from openai import BaseModel
-
+def parse_body(body_text: str) -> dict[str, Any]:
+    """The response body as a JSON object."""
     try:
-        completion = raw.parse()
-    except ValueError:  # JSON content type, body that does not decode
+        body = json.loads(body_text)
+    except ValueError:
         raise LLMResponseError("the response body is not JSON") from None
-    if isinstance(completion, str):  # another content type: the SDK hands back the text
-        raise LLMResponseError("the response body is not JSON")
-    if not isinstance(completion, BaseModel):
-        raise LLMResponseError(f"the response body is JSON but not an object (a {type(completion).__name__})")
-    return completion
+    if not isinstance(body, dict):
+        raise LLMResponseError(f"the response body is JSON but not an object (a {type(body).__name__})")
+    return body
 
 
-def completion_id(completion: Any) -> str | None:
-    """The id of a chat completion (what a provider's support asks for), or None."""
-    ident = getattr(completion, "id", None)
+def completion_id(body_text: str) -> str | None:
+    """The "id" of a chat-completion body (what a provider's support asks for), or None."""
+    try:
+        body = json.loads(body_text)
+    except ValueError:
+        return None
+    ident = body.get("id") if isinstance(body, dict) else None
     return ident if isinstance(ident, str) else None
 
 
-def first_choice(completion: Any) -> Any:
+def first_choice(body: dict[str, Any]) -> dict[str, Any]:
     """choices[0] of a chat completion."""
-    choices = getattr(completion, "choices", None)
+    choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         raise LLMResponseError("the response has no choices")
     choice = choices[0]
-    from openai.types.chat.chat_completion import Choice
-
-    if not isinstance(choice, Choice):
+    if not isinstance(choice, dict):
         raise LLMResponseError("choices[0] is not an object")
     return choice
 
 
-def message_content(choice: Any) -> str:
-    """The text of choice.message.content."""
-    content = getattr(getattr(choice, "message", None), "content", None)
+def message_content(choice: dict[str, Any]) -> str:
+    """The text of choice['message']['content']."""
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
         raise LLMResponseError("the response's message has no text content")
     return content
@@ -139,22 +136,22 @@ def _as_logprob(value: Any) -> float | None:
         return math.inf
 
 
-def first_token_logprobs(choice: Any) -> list[tuple[str, float]] | None:
+def first_token_logprobs(choice: dict[str, Any]) -> list[tuple[str, float]] | None:
     """(token, logprob) pairs of the first answer token with visible text, or None when the choice
     carries no logprobs."""
-    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not isinstance(content, list) or not content:
         return None
     for entry in content:
-        token = getattr(entry, "token", None)
-        if not isinstance(token, str):
+        if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
             return None
-        if not token.strip(_TOKEN_STRIP):
+        if not entry["token"].strip(_TOKEN_STRIP):
             continue  # leading whitespace or a quote before the answer
-        top = getattr(entry, "top_logprobs", None) or [entry]
+        top = entry.get("top_logprobs") or [entry]
         if not isinstance(top, list):
             return None
-        pairs = [(getattr(t, "token", None), _as_logprob(getattr(t, "logprob", None))) for t in top]
+        pairs = [(t.get("token"), _as_logprob(t.get("logprob"))) for t in top if isinstance(t, dict)]
         return [(tok, lp) for tok, lp in pairs if isinstance(tok, str) and lp is not None]
     return None
 
@@ -206,7 +203,7 @@ def _logsumexp(values: Sequence[float]) -> float:
 
 
 def parse_logprob_scores(
-    choice: Any, labels: Sequence[str], codes: Sequence[str] | None,
+    choice: dict[str, Any], labels: Sequence[str], codes: Sequence[str] | None,
 ) -> list[float]:
     """Label probabilities from a choice's first answer token; LLMResponseError when unusable."""
     pairs = first_token_logprobs(choice)
@@ -219,14 +216,16 @@ def parse_logprob_scores(
     return scores
 
 
-def usage_counts(completion: Any) -> tuple[int, int, int]:
-    """(prompt, completion, total) tokens from completion.usage; zeros where absent."""
-    usage = getattr(completion, "usage", None)
-    prompt, done, total = (getattr(usage, k, None) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+def usage_counts(body: dict[str, Any]) -> tuple[int, int, int]:
+    """(prompt, completion, total) tokens from body['usage']; zeros where absent."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return 0, 0, 0
+    prompt, completion, total = (usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
     prompt = prompt if isinstance(prompt, int) else 0
-    done = done if isinstance(done, int) else 0
-    total = total if isinstance(total, int) else prompt + done
-    return prompt, done, total
+    completion = completion if isinstance(completion, int) else 0
+    total = total if isinstance(total, int) else prompt + completion
+    return prompt, completion, total
 
 
 def retry_after_seconds(headers: Any) -> float | None:
