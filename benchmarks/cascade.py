@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-texts", type=int, default=10, help="texts timed per kind of row")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quick", action="store_true", help="n_train 300, n_test 200, 5 latency texts")
-    parser.add_argument("--report", default=str(ROOT / "benchmarks" / "results"), help="folder for cascade.png and cascade.json")
+    parser.add_argument("--report", default=str(ROOT / "benchmarks" / "results"),
+                        help="folder for cascade.png and cascade.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_train, args.n_test, args.latency_texts = 300, 200, 5
