@@ -72,8 +72,24 @@ def _require(d: dict, key: str, kind: str) -> Any:
     return d[key]
 
 
-class TemperatureCalibrator:
+class _Calibrator:
+    """What both calibrators share: the fitted check and the checked raw scores transform starts from."""
+
+    _fitted_attribute = ""
+    n_labels_: int
+
+    def _check_fitted(self) -> None:
+        check_is_fitted(self, self._fitted_attribute)
+
+    def _fitted_scores(self, raw_scores: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return _check_scores(raw_scores, self.n_labels_)
+
+
+class TemperatureCalibrator(_Calibrator):
     """Multi-class temperature scaling: softmax(log(clip(raw, eps, 1)) / T), one scalar T, argmax-preserving."""
+
+    _fitted_attribute = "temperature_"
 
     def __init__(self, *, eps: float = constants.SCORE_EPS) -> None:
         self.eps = eps
@@ -114,13 +130,9 @@ class TemperatureCalibrator:
             self.temperature_ = 1.0
         return self
 
-    def _check_fitted(self) -> None:
-        check_is_fitted(self, "temperature_")
-
     def transform(self, raw_scores: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, float32 [n, C]; rows sum to 1 and keep the raw argmax."""
-        self._check_fitted()
-        raw = _check_scores(raw_scores, self.n_labels_)
+        raw = self._fitted_scores(raw_scores)
         z = self._log_scores(raw) / self.temperature_
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
@@ -190,8 +202,10 @@ def _isotonic_from_state(d: dict) -> IsotonicRegression:
     return reg
 
 
-class IsotonicCalibrator:
+class IsotonicCalibrator(_Calibrator):
     """Multi-label calibration: one clipped IsotonicRegression per label, bounded by ISOTONIC_BOUNDS."""
+
+    _fitted_attribute = "regressors_"
 
     def fit(self, raw_scores: np.ndarray, Y: np.ndarray) -> IsotonicCalibrator:
         """Fit one increasing isotonic curve per label on 0/1 targets `Y` [n, C]."""
@@ -210,13 +224,9 @@ class IsotonicCalibrator:
             self.regressors_.append(reg.fit(raw[:, j], targets[:, j]))
         return self
 
-    def _check_fitted(self) -> None:
-        check_is_fitted(self, "regressors_")
-
     def transform(self, raw_scores: np.ndarray) -> np.ndarray:
         """Calibrated per-label probabilities, float32 [n, C]."""
-        self._check_fitted()
-        raw = _check_scores(raw_scores, self.n_labels_)
+        raw = self._fitted_scores(raw_scores)
         out = np.empty(raw.shape, dtype=np.float64)
         for j, reg in enumerate(self.regressors_):
             out[:, j] = reg.predict(raw[:, j])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from textclassify.train.constants import FEATURE_SCALE_FLOOR
+from textclassify.train.fusion_model import StandardisedInputs
 
 SCORE_FLOOR = 1e-6  # calibrated scores are clipped here before their log (LLM alone)
 
@@ -33,7 +33,7 @@ def _neutral_scores(head: nn.Module, scores: torch.Tensor | None, present: torch
     return scores.to(like.dtype) * present + neutral * (1.0 - present), present
 
 
-class LinearStacker(nn.Module):
+class LinearStacker(StandardisedInputs, nn.Module):
     """Logistic regression over standardised [component logits, scores] and llm_present, as one nn.Linear."""
 
     def __init__(self, n_labels: int, components: Sequence[str] = ("ml",)) -> None:
@@ -41,13 +41,7 @@ class LinearStacker(nn.Module):
         self.output_dim, self.components = int(n_labels), tuple(components)
         self.input_dim = (len(self.components) + 1) * self.output_dim
         self.linear = nn.Linear(self.input_dim + 1, self.output_dim)
-        self.register_buffer("feature_mean", torch.zeros(self.input_dim))
-        self.register_buffer("feature_scale", torch.ones(self.input_dim))
-        self.register_buffer("llm_neutral", torch.zeros(self.output_dim))
-
-    @property
-    def has_lexical(self) -> bool:
-        return "lexical" in self.components
+        self._register_scaling()
 
     def forward(self, ml_logits: torch.Tensor, lexical_logits: torch.Tensor | None = None,
                 llm_scores: torch.Tensor | None = None, llm_present: torch.Tensor | None = None) -> torch.Tensor:
@@ -65,10 +59,7 @@ class LinearStacker(nn.Module):
         from sklearn.linear_model import LogisticRegression
 
         f = torch.as_tensor(features, dtype=torch.float32)
-        mean, scale = f.mean(dim=0), (f.std(dim=0) if len(f) > 1 else torch.ones(f.shape[1]))
-        self.feature_mean.copy_(mean)
-        self.feature_scale.copy_(scale.clamp_min(FEATURE_SCALE_FLOOR))
-        self.llm_neutral.copy_(mean[-self.output_dim:])
+        self.set_feature_scaling(f)
         x = ((f - self.feature_mean) / self.feature_scale).numpy()
         without = x.copy()
         without[:, -self.output_dim:] = 0.0  # neutral scores standardise to 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -67,32 +67,38 @@ def _check_texts(df: pd.DataFrame, text_column: str) -> list[str]:
     return texts
 
 
-def _binary_column(df: pd.DataFrame, col: str) -> list[int]:
-    values = []
+def _label_cells(df: pd.DataFrame, col: str, convert: Callable[[Any, str], Any]) -> list[Any]:
+    """`convert(value, where)` of each cell of a label column; a missing cell is an error naming its row."""
+    out = []
     for index, value in zip(df.index, df[col]):
+        where = f"column {col!r}, row {index}"
         if _is_missing(value):
-            raise DataError(f"column {col!r}, row {index}: label is missing (NaN).")
-        if isinstance(value, bool) or value in (0, 1) and not isinstance(value, str):
-            values.append(int(value))
-        else:
-            raise DataError(f"column {col!r}, row {index}: expected 0 or 1, got {value!r}.")
-    return values
+            raise DataError(f"{where}: label is missing (NaN).")
+        out.append(convert(value, where))
+    return out
+
+
+def _binary_cell(value: Any, where: str) -> int:
+    if isinstance(value, bool) or value in (0, 1) and not isinstance(value, str):
+        return int(value)
+    raise DataError(f"{where}: expected 0 or 1, got {value!r}.")
+
+
+def _class_name_cell(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{where}: expected a class name (string), got {value!r} ({type(value).__name__}); the LLM "
+                        "is prompted with class names, so map codes to words.")
+    if not value.strip():
+        raise DataError(f"{where}: class name is empty.")
+    return value.strip()
+
+
+def _binary_column(df: pd.DataFrame, col: str) -> list[int]:
+    return _label_cells(df, col, _binary_cell)
 
 
 def _class_name_labels(df: pd.DataFrame, col: str) -> list[str]:
-    labels = []
-    for index, value in zip(df.index, df[col]):
-        if _is_missing(value):
-            raise DataError(f"column {col!r}, row {index}: label is missing (NaN).")
-        if not isinstance(value, str):
-            raise DataError(
-                f"column {col!r}, row {index}: expected a class name (string), got {value!r} "
-                f"({type(value).__name__}); the LLM is prompted with class names, so map codes to words."
-            )
-        if not value.strip():
-            raise DataError(f"column {col!r}, row {index}: class name is empty.")
-        labels.append(value.strip())
-    return labels
+    return _label_cells(df, col, _class_name_cell)
 
 
 def _one_hot_labels(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:

@@ -33,7 +33,34 @@ def present_column(n: int, value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.full((n, 1), float(value), dtype=like.dtype, device=like.device)
 
 
-class FusionMLP(nn.Module):
+class StandardisedInputs:
+    """Input standardisation shared by the fusion heads (FusionMLP, LinearStacker): its buffers, saved with the
+    weights and exported in the graph, and their fit. Logits and probabilities live on different scales;
+    standardising them lets one learning rate (or one regularisation strength) fit both."""
+
+    input_dim: int
+    output_dim: int
+    components: tuple[str, ...]
+
+    def _register_scaling(self) -> None:
+        self.register_buffer("feature_mean", torch.zeros(self.input_dim))
+        self.register_buffer("feature_scale", torch.ones(self.input_dim))
+        # What a row without an LLM answer sees instead of scores: the training mean (standardised: 0).
+        self.register_buffer("llm_neutral", torch.zeros(self.output_dim))
+
+    @property
+    def has_lexical(self) -> bool:
+        return "lexical" in self.components
+
+    def set_feature_scaling(self, features: torch.Tensor) -> None:
+        """Store the mean and spread of training features (component logits then scores, all rows with an LLM)."""
+        self.feature_mean.copy_(features.mean(dim=0))
+        spread = features.std(dim=0) if len(features) > 1 else torch.ones_like(self.feature_scale)
+        self.feature_scale.copy_(spread.clamp_min(FEATURE_SCALE_FLOOR))
+        self.llm_neutral.copy_(self.feature_mean[-self.output_dim:])
+
+
+class FusionMLP(StandardisedInputs, nn.Module):
     """MLP over standardised concat(component logits, calibrated LLM scores or neutral ones) and llm_present.
 
     `input_dim` counts the component and score columns ((number of components + 1) * n_labels); the
@@ -61,23 +88,7 @@ class FusionMLP(nn.Module):
             prev = width
         layers.append(nn.Linear(prev, self.output_dim))
         self.net = nn.Sequential(*layers)
-        # Logits and probabilities live on different scales; standardising them (statistics of the
-        # fusion-train features, saved with the weights and exported in the graph) lets one learning rate fit both.
-        self.register_buffer("feature_mean", torch.zeros(self.input_dim))
-        self.register_buffer("feature_scale", torch.ones(self.input_dim))
-        # What a row without an LLM answer sees instead of scores: the training mean (standardised: 0).
-        self.register_buffer("llm_neutral", torch.zeros(self.output_dim))
-
-    @property
-    def has_lexical(self) -> bool:
-        return "lexical" in self.components
-
-    def set_feature_scaling(self, features: torch.Tensor) -> None:
-        """Store the mean and spread of training features (component logits then scores, all rows with an LLM)."""
-        self.feature_mean.copy_(features.mean(dim=0))
-        spread = features.std(dim=0) if len(features) > 1 else torch.ones_like(self.feature_scale)
-        self.feature_scale.copy_(spread.clamp_min(FEATURE_SCALE_FLOOR))
-        self.llm_neutral.copy_(self.feature_mean[-self.output_dim:])
+        self._register_scaling()
 
     def forward(self, ml_logits: torch.Tensor, lexical_logits: torch.Tensor | None = None,
                 llm_scores: torch.Tensor | None = None, llm_present: torch.Tensor | None = None) -> torch.Tensor:
