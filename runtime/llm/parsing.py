@@ -35,15 +35,20 @@ def response_text(response: Any) -> str:
         return ""
 
 
+def _json_object(text: str, what: str, not_json: str) -> dict[str, Any]:
+    """`text` parsed as a JSON object; LLMResponseError naming `what` otherwise."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        raise LLMResponseError(f"{what} {not_json}") from None
+    if not isinstance(obj, dict):
+        raise LLMResponseError(f"{what} is JSON but not an object (a {type(obj).__name__})")
+    return obj
+
+
 def parse_body(body_text: str) -> dict[str, Any]:
     """The response body as a JSON object."""
-    try:
-        body = json.loads(body_text)
-    except ValueError:
-        raise LLMResponseError("the response body is not JSON") from None
-    if not isinstance(body, dict):
-        raise LLMResponseError(f"the response body is JSON but not an object (a {type(body).__name__})")
-    return body
+    return _json_object(body_text, "the response body", "is not JSON")
 
 
 def completion_id(body_text: str) -> str | None:
@@ -82,12 +87,7 @@ def parse_json_scores(content: str, labels: Sequence[str]) -> list[float]:
     fenced = _FENCE.match(stripped)
     if fenced:
         stripped = fenced.group(1)
-    try:
-        obj = json.loads(stripped)
-    except ValueError:
-        raise LLMResponseError("the answer is not a JSON object") from None
-    if not isinstance(obj, dict):
-        raise LLMResponseError(f"the answer is JSON but not an object (a {type(obj).__name__})")
+    obj = _json_object(stripped, "the answer", "is not a JSON object")
     if set(obj) == {"scores"} and "scores" not in labels and isinstance(obj["scores"], dict):
         obj = obj["scores"]
     index = {label: i for i, label in enumerate(labels)}
