@@ -4,15 +4,17 @@ A mixin: LLMScorer holds the state (settings, client, usage counters, label code
 the request path -- the `openai` SDK's generic POST (its own retries off), Retry-After and jittered
 exponential backoff, parsing the answer into scores, and the final LLMError with the key scrubbed.
 
-Why the generic POST and not `client.chat.completions.create` with a typed ChatCompletion: the rule is
-to switch only once benchmarks/llm_load.py shows the typed path holding the 320 req/s load target
-(32 in flight against a 100 ms loopback server), and it has not been shown. Both paths were measured
-back to back (the typed one through `chat.completions.with_raw_response.create` and typed parsing);
-on a 2-core machine shared with other jobs (load average 12-19) neither reached the bound, and the
-typed path cost more client CPU per request in both pairs (figures: benchmarks/README.md). Our retry
-loop stays either way: each attempt must reach the circuit breaker and usage["retries"], honour
-Retry-After up to RETRY_AFTER_MAX_S and fit in timeout_s as a whole, which the SDK's internal retries
-do not expose per attempt.
+Why the generic POST and not `client.chat.completions.create` with a typed ChatCompletion: the typed
+path (through `with_raw_response`, with typed parsing) was built and measured back to back with this one
+by benchmarks/llm_load.py (5,000 texts, 32 in flight against a 100 ms loopback server, a 320 req/s
+bound) on a quiet 2-core machine: raw 291.7 and 298.3 req/s at 1.86 and 1.69 ms of client CPU per
+request; typed 270.6 and 294.3 req/s at 3.22 and 2.56 ms. The typed path costs 50-75% more client
+CPU per request, which caps the scorer's single event-loop thread at about 310-390 req/s, at or below
+the target; this path leaves it at 540-590. Figures and runs: benchmarks/README.md.
+
+Our retry loop stays either way: each attempt must reach the circuit breaker and usage["retries"],
+honour Retry-After up to RETRY_AFTER_MAX_S and fit in timeout_s as a whole, which the SDK's internal
+retries do not expose per attempt.
 """
 from __future__ import annotations
 
