@@ -91,11 +91,14 @@ def test_retry_after_is_honoured(llm_server: FakeLLMServer) -> None:
 def test_429_without_retry_after_backs_off_briefly(llm_server: FakeLLMServer) -> None:
     """Without Retry-After the exponential backoff (here 10 ms, 20 ms) is used."""
     llm_server.inject("429", times=2)
-    start = time.monotonic()
     with make(llm_server, max_concurrency=1) as s:
-        s.score(TEXTS[:1])
-    assert time.monotonic() - start < 0.5
-    assert llm_server.requests == 3
+        s.score(TEXTS[:1])  # warm: the first call pays the client's imports and connection set-up
+        llm_server.inject("429", times=2)
+        start = time.monotonic()
+        s.score([TEXTS[0] + " again"])
+        elapsed = time.monotonic() - start
+    assert elapsed < 2.0  # generous for a loaded machine; a Retry-After-style wait would be seconds per retry
+    assert llm_server.requests == 6
 
 
 def test_stall_past_timeout_is_retried(llm_server: FakeLLMServer) -> None:
