@@ -146,9 +146,7 @@ def _load(named: dict[str, Path], *, providers: str, variant: str, llm_base_url:
                                  intra_op_num_threads=intra_op_threads)
             # Loaded (and, on CUDA, warmed up) at the merged batch's size; on the CPU the encoder then runs
             # a merged batch in shorter runs (settings.DEFAULT_CPU_ENCODER_BATCH says why).
-            bundle.batch_size = encoder_batch_size or (
-                batch_size if any("CUDA" in p for p in bundle.providers)
-                else min(batch_size, S.DEFAULT_CPU_ENCODER_BATCH))
+            bundle.batch_size = S.encoder_run_rows(bundle.providers, batch_size, encoder_batch_size)
             models[name] = bundle
             log.info("loaded %s from %s: %d labels, variant %s, providers %s, encoder runs of %d rows", name, path,
                      len(bundle.labels), bundle.variant, ",".join(bundle.providers), bundle.batch_size)

@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - the message names the extra
 from textclassify.serve.app import create_app
 from textclassify.serve.batcher import Answer, QueueFullError, RequestTimeoutError, RowAnswer, _sum_usage
 from textclassify.serve.metrics import ModelMetrics
-from textclassify.serve.settings import ServeSettings
+from textclassify.serve.settings import ServeSettings, encoder_run_rows
 
 # name -> (type, default, what it is); `serve run ... key=value` and a config file's `args:` use these names.
 ARGUMENTS: dict[str, tuple[type, Any, str]] = {
@@ -45,6 +45,7 @@ ARGUMENTS: dict[str, tuple[type, Any, str]] = {
     "cpus_per_replica": (float, 1.0, "CPUs Ray reserves per replica"),
     "gpus_per_replica": (float, 0.0, "GPUs Ray reserves per replica (> 0: providers default to cuda)"),
     "max_batch_size": (int, 32, "rows per @serve.batch call"),
+    "encoder_batch_size": (int, None, "rows per encoder run in a batch (default: the batch on CUDA, 8 on the CPU)"),
     "batch_wait_timeout_ms": (float, 5.0, "how long a batch waits to fill"),
     "providers": (str, None, "auto | cpu | cuda (default: cuda with GPUs, else auto)"),
     "variant": (str, "auto", "auto | fp32 | int8 | fp16"),
@@ -97,7 +98,8 @@ class FusionServe:
     """One replica: a loaded bundle, fusion-serve's app over it, and the batched predict method."""
 
     def __init__(self, bundle_dir: str, name: str, load_options: dict[str, Any], settings: dict[str, Any],
-                 max_batch_size: int, batch_wait_timeout_s: float, token_env: str | None = None) -> None:
+                 max_batch_size: int, batch_wait_timeout_s: float, token_env: str | None = None,
+                 encoder_batch_size: int | None = None) -> None:
         from textclassify.runtime.bundle import load_bundle
 
         token = os.environ.get(token_env) if token_env else None
@@ -106,6 +108,8 @@ class FusionServe:
         self._settings = ServeSettings(**settings, token=token)
         self._name = name
         self._bundle = load_bundle(bundle_dir, **load_options)
+        # loaded (and warmed up) at the merged batch's size; the encoder runs it as fusion-serve does
+        self._bundle.batch_size = encoder_run_rows(self._bundle.providers, max_batch_size, encoder_batch_size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textclassify-ray-serve")
         self._metrics: ModelMetrics | None = None
         self._batches = 0
@@ -169,6 +173,9 @@ def parse_arguments(args: Mapping[str, Any]) -> dict[str, Any]:
     if not 0 <= out["min_replicas"] <= out["max_replicas"] or out["max_replicas"] < 1:
         raise ConfigError(f"textclassify.serve.ray:app: need 0 <= min_replicas <= max_replicas and max_replicas >= 1 "
                           f"(got {out['min_replicas']} and {out['max_replicas']}).")
+    for key in ("max_batch_size", "encoder_batch_size"):
+        if out[key] is not None and out[key] < 1:
+            raise ConfigError(f"textclassify.serve.ray:app: {key} must be at least 1 (got {out[key]}).")
     if out["max_ongoing_requests"] < out["max_batch_size"]:
         raise ConfigError(f"textclassify.serve.ray:app: max_ongoing_requests ({out['max_ongoing_requests']}) must be "
                           f"at least max_batch_size ({out['max_batch_size']}), or batches never fill.")
@@ -198,7 +205,8 @@ def app(args: Mapping[str, Any]) -> Any:
         ray_actor_options={"num_cpus": a["cpus_per_replica"], "num_gpus": a["gpus_per_replica"]},
     )
     return deployment.bind(bundle_dir, a["name"] or Path(bundle_dir).name, load_options, settings,
-                           a["max_batch_size"], a["batch_wait_timeout_ms"] / 1000.0, a["token_env"])
+                           a["max_batch_size"], a["batch_wait_timeout_ms"] / 1000.0, a["token_env"],
+                           a["encoder_batch_size"])
 
 
 __all__ = ["ARGUMENTS", "FusionServe", "app", "parse_arguments"]

@@ -20,6 +20,7 @@ from tests.support.toy_bundle import write_toy_bundle  # noqa: E402
 from textclassify.runtime import load_bundle  # noqa: E402
 from textclassify.runtime.errors import ConfigError  # noqa: E402
 from textclassify.serve.ray import app, parse_arguments  # noqa: E402
+from textclassify.serve.settings import encoder_run_rows  # noqa: E402
 
 LABELS = ["billing", "shipping", "technical"]
 LLM = {"provider": "openai-compatible", "model": "fake", "base_url": "http://127.0.0.1:9/v1",
@@ -113,6 +114,17 @@ def test_arguments_are_checked_before_any_replica(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs bundle=DIR"):
         parse_arguments({})
     assert parse_arguments({"bundle": "b", "gpus-per-replica": "1"})["gpus_per_replica"] == 1.0
+    with pytest.raises(ConfigError, match=r"encoder_batch_size must be at least 1 \(got 0\)"):
+        parse_arguments({"bundle": "b", "encoder_batch_size": "0"})
+    assert parse_arguments({"bundle": "b", "encoder_batch_size": "4"})["encoder_batch_size"] == 4
+
+
+def test_encoder_runs_follow_fusion_serve() -> None:
+    """Replicas and fusion-serve share one rule: the override, else the whole batch on CUDA, else 8 rows on the CPU."""
+    assert encoder_run_rows(["CPUExecutionProvider"], 32) == 8
+    assert encoder_run_rows(["CPUExecutionProvider"], 4) == 4
+    assert encoder_run_rows(["CUDAExecutionProvider", "CPUExecutionProvider"], 32) == 32
+    assert encoder_run_rows(["CPUExecutionProvider"], 32, 16) == 16
 
 
 def test_scaling_doc_config_is_a_serve_deploy_config() -> None:
