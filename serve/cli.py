@@ -73,6 +73,8 @@ The LLM API key comes from the provider's environment variable, as for fusion-pr
               help="Model variant; auto = fp16 on CUDA when the bundle has it, else fp32.")
 @click.option("--providers", default="auto", show_default=True,
               help="auto | cpu | cuda | comma-separated ONNX Runtime provider names.")
+@click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True,
+              help="CUDA device the bundles' sessions run on (ignored on the CPU).")
 @click.option("--intra-op-threads", type=click.IntRange(min=1), default=None,
               help="ONNX Runtime threads per batch (default: ONNX Runtime's choice).")
 @click.option("--cache-dir", default=K.DEFAULT_CACHE_DIR, show_default=True, help="LLM score cache directory.")
@@ -83,7 +85,7 @@ The LLM API key comes from the provider's environment variable, as for fusion-pr
 def main(bundles: tuple[str, ...], host: str, port: int, max_batch_size: int, encoder_batch_size: int | None,
          max_delay_ms: float, max_queue: int,
          timeout_s: float, max_texts: int, max_request_bytes: str, token_file: str | None, drain_s: float,
-         workers: int, llm_base_url: str | None, on_llm_error: str, variant: str, providers: str,
+         workers: int, llm_base_url: str | None, on_llm_error: str, variant: str, providers: str, device_id: int,
          intra_op_threads: int | None, cache_dir: str, access_log: bool, log_level: str) -> None:
     """Serve textclassify bundles over HTTP: Open Inference Protocol, a plain JSON endpoint, Prometheus metrics."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -105,7 +107,8 @@ def main(bundles: tuple[str, ...], host: str, port: int, max_batch_size: int, en
         named = _named_bundles(bundles)
         models = _load(named, providers=providers, variant=variant, llm_base_url=llm_base_url,
                        on_llm_error=on_llm_error, cache_dir=cache_dir, batch_size=max_batch_size,
-                       encoder_batch_size=encoder_batch_size, intra_op_threads=intra_op_threads)
+                       encoder_batch_size=encoder_batch_size, intra_op_threads=intra_op_threads,
+                       device_id=device_id)
     except TextClassifyError as e:
         raise click.ClickException(str(e)) from None
     try:
@@ -133,7 +136,7 @@ def _named_bundles(specs: tuple[str, ...]) -> dict[str, Path]:
 
 def _load(named: dict[str, Path], *, providers: str, variant: str, llm_base_url: str | None, on_llm_error: str,
           cache_dir: str, batch_size: int, encoder_batch_size: int | None,
-          intra_op_threads: int | None) -> dict[str, Any]:
+          intra_op_threads: int | None, device_id: int = 0) -> dict[str, Any]:
     from textclassify.runtime.bundle import load_bundle
 
     provider_arg: str | list[str] = providers if providers in ("auto", "cpu", "cuda") else \
@@ -143,7 +146,7 @@ def _load(named: dict[str, Path], *, providers: str, variant: str, llm_base_url:
         for name, path in named.items():
             bundle = load_bundle(path, providers=provider_arg, variant=variant, llm_base_url=llm_base_url,
                                  on_llm_error=on_llm_error, cache_dir=cache_dir, batch_size=batch_size,
-                                 intra_op_num_threads=intra_op_threads)
+                                 intra_op_num_threads=intra_op_threads, device_id=device_id)
             # Loaded (and, on CUDA, warmed up) at the merged batch's size; on the CPU the encoder then runs
             # a merged batch in shorter runs (settings.DEFAULT_CPU_ENCODER_BATCH says why).
             bundle.batch_size = S.encoder_run_rows(bundle.providers, batch_size, encoder_batch_size)

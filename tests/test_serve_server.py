@@ -336,3 +336,23 @@ def test_encoder_batch_size_option(toy_dir: Path, server: FakeLLMServer, tmp_pat
         expected = bundle.predict(TEXTS[:10])
     assert r.json()["predictions"] == expected.predictions
     np.testing.assert_allclose(r.json()["probabilities"], expected.probabilities, atol=1e-5)
+
+
+def test_device_id_option_reaches_the_sessions(toy_dir: Path, tmp_path: Path) -> None:
+    """--device-id is refused below 0 as a usage error, and is what load_bundle's provider plan receives."""
+    from click.testing import CliRunner
+
+    from textclassify.runtime.errors import ConfigError
+    from textclassify.serve.cli import _load, main
+
+    result = CliRunner().invoke(main, ["--bundle", str(toy_dir), "--device-id", "-1"])
+    assert result.exit_code == 2 and "--device-id" in result.output
+    with pytest.raises(ConfigError, match=r"'device_id' must be an int >= 0 \(got -1\)"):
+        _load({"tickets": toy_dir}, providers="cpu", variant="auto", llm_base_url=None, on_llm_error="raise",
+              cache_dir=str(tmp_path), batch_size=8, encoder_batch_size=None, intra_op_threads=None, device_id=-1)
+    models = _load({"tickets": toy_dir}, providers="cpu", variant="auto", llm_base_url=None, on_llm_error="raise",
+                   cache_dir=str(tmp_path), batch_size=8, encoder_batch_size=None, intra_op_threads=None, device_id=1)
+    try:
+        assert models["tickets"].providers == ["CPUExecutionProvider"]  # ignored on the CPU
+    finally:
+        models["tickets"].close()
