@@ -18,6 +18,7 @@ from pathlib import Path
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+LIVE_TEMP_FILES: set[Path] = set()  # what atomic_path has not moved or deleted yet: removed on a forced exit too
 
 
 @contextmanager
@@ -29,6 +30,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
+    LIVE_TEMP_FILES.add(tmp)
     try:
         yield tmp
         with open(tmp, "rb") as fh:
@@ -36,6 +38,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+        LIVE_TEMP_FILES.discard(tmp)
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, encoding: str = "utf-8") -> Path:

@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,18 +88,38 @@ def check_output_dir(path: str | os.PathLike[str], what: str = "output_dir",
     return target
 
 
+SIGTERM_GRACE_S = 5.0  # how long the unwinding after SIGTERM may take before the process is ended anyway
+
+
 class _Terminated(SystemExit):
     """SIGTERM, raised in the main thread so that context managers and `finally` blocks clean up."""
 
 
+def _force_exit_after(grace_s: float) -> None:
+    """A daemon thread that, if the process still runs after `grace_s`, deletes atomic_path's temp files and
+    ends it with 143. The SystemExit a handler raises is lost when the signal lands inside a finalizer or a
+    weakref callback (Python prints "Exception ignored in ..." and goes on), so it cannot be the only way out."""
+    from textclassify.runtime.atomic import LIVE_TEMP_FILES
+
+    def watchdog() -> None:
+        time.sleep(grace_s)
+        for tmp in list(LIVE_TEMP_FILES):
+            tmp.unlink(missing_ok=True)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watchdog, name="textclassify-sigterm", daemon=True).start()
+
+
 @contextmanager
-def exit_on_sigterm() -> Iterator[None]:
-    """While inside, SIGTERM raises SystemExit(143) in the main thread (elsewhere: nothing changes)."""
+def exit_on_sigterm(grace_s: float = SIGTERM_GRACE_S) -> Iterator[None]:
+    """While inside, SIGTERM raises SystemExit(143) in the main thread (elsewhere: nothing changes); if the
+    process has not ended `grace_s` later, its temp files are deleted and it exits with 143 regardless."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: object) -> None:
+        _force_exit_after(grace_s)
         raise _Terminated(128 + signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, handler)

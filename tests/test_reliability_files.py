@@ -210,3 +210,32 @@ def test_fusion_train_checks_every_output_path_first(tiny_roberta_dir, llm_serve
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [expected]
     assert llm_server.requests == 0
+
+
+LOST_SIGTERM = """
+import sys, time
+from pathlib import Path
+from textclassify.runtime.atomic import atomic_path
+from textclassify.runtime.output_paths import exit_on_sigterm
+with exit_on_sigterm(grace_s=1.0), atomic_path(Path(sys.argv[1])) as tmp:
+    tmp.write_text("partial")
+    print(tmp, flush=True)
+    while True:
+        try:
+            time.sleep(0.05)
+        except BaseException:  # the SystemExit is lost, as when SIGTERM lands inside a finalizer
+            pass
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_whose_exit_is_swallowed_still_ends_and_cleans_up(tmp_path) -> None:
+    """SIGTERM's SystemExit can be lost (raised inside a weakref callback during an import, Python only prints
+    "Exception ignored"): the process still exits 143 after the grace period and its temp file is removed."""
+    proc = subprocess.Popen([sys.executable, "-c", LOST_SIGTERM, str(tmp_path / "out.csv")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tmp = Path(proc.stdout.readline().strip())
+    assert tmp.exists()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert not tmp.exists() and not (tmp_path / "out.csv").exists()
