@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from textclassify.runtime.errors import ConfigError
 from textclassify.runtime.llm.providers import PROVIDERS
+from textclassify.runtime.validation import short_repr
 from textclassify.train.config import DEFAULT_CONFIG, RULES, validate_config
 
 # A base that keeps cross-key rules quiet: two label columns (valid for multi-label too) and a base URL.
@@ -221,7 +222,7 @@ def test_section_must_be_a_mapping(section: str, value: Any) -> None:
     """A whole section given as a scalar or list is refused naming the section."""
     with pytest.raises(ConfigError) as e:
         validate_config({**BASE, section: value})
-    assert str(e.value) == f"{section}: expected a mapping of keys, got {value!r}"
+    assert str(e.value) == f"{section}: expected a mapping of keys, got {short_repr(value)}"  # long values are cut
 
 
 @FAST
