@@ -11,8 +11,9 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -272,25 +273,21 @@ class Bundle:
         if not texts:
             return _Answer(np.zeros((0, n_labels), np.float32))
         clock = _StageClock()
-        start = clock.now()
-        ids = self._tokenizer.encode(texts)  # before any LLM request: a tokenizer error costs nothing
-        clock.add("tokenize", start)
+        with clock.stage("tokenize"):
+            ids = self._tokenizer.encode(texts)  # before any LLM request: a tokenizer error costs nothing
         parts = self._run_components(self._model, texts, ids, np.arange(n), clock)
-        start = clock.now()
-        no_llm = self._fuse(parts, np.zeros((n, n_labels), np.float32), np.zeros(n, np.float32))
-        clock.add("fusion", start)
+        with clock.stage("fusion"):
+            no_llm = self._fuse(parts, np.zeros((n, n_labels), np.float32), np.zeros(n, np.float32))
         rechecked: set[int] = set()
         if self._recheck_model is not None and self.gate_threshold is not None:
             # int8 rows too close to a flip are settled before the gate reads their no-LLM answer
-            start = clock.now()
-            rows = rows_to_recheck(no_llm, self._recheck_margin_ml, self.multi_label, self._manifest.thresholds)
-            no_llm[rows] = self._refuse(rows, texts, ids, parts, rechecked, None)
-            clock.add("recheck", start)
-        start = clock.now()
-        probs_no_llm = logits_to_probabilities(no_llm, self.multi_label)
-        skipped = skips_llm(confidence(probs_no_llm, self.multi_label, self._manifest.thresholds),
-                            self.gate_threshold)
-        clock.add("gate", start)
+            with clock.stage("recheck"):
+                rows = rows_to_recheck(no_llm, self._recheck_margin_ml, self.multi_label, self._manifest.thresholds)
+                no_llm[rows] = self._refuse(rows, texts, ids, parts, rechecked, None)
+        with clock.stage("gate"):
+            probs_no_llm = logits_to_probabilities(no_llm, self.multi_label)
+            skipped = skips_llm(confidence(probs_no_llm, self.multi_label, self._manifest.thresholds),
+                                self.gate_threshold)
         logits = no_llm.copy()
         ask = np.flatnonzero(~skipped)
         failed: dict[int, LLMError] = {}
@@ -299,30 +296,26 @@ class Bundle:
         ok = np.zeros(n, dtype=bool)
         if len(ask):  # an all-gated batch sends no LLM request at all
             before = self._scorer.usage
-            start = clock.now()
-            raw, failed_local = self._llm_scores([texts[i] for i in ask])
-            clock.add("llm", start)
+            with clock.stage("llm"):
+                raw, failed_local = self._llm_scores([texts[i] for i in ask])
             usage = usage_delta(self._scorer.usage, before)
             failed = {int(ask[i]): err for i, err in failed_local.items()}
             ok[ask] = True
             ok[list(failed)] = False
             raw = np.where(ok[ask][:, None], raw, np.float32(1.0 / n_labels)).astype(np.float32)  # placeholders
-            start = clock.now()
-            calibrated[ask] = self._calibrate(raw)
-            clock.add("calibrator", start)
+            with clock.stage("calibrator"):
+                calibrated[ask] = self._calibrate(raw)
             rows = np.flatnonzero(ok)
             if len(rows):
-                start = clock.now()
-                logits[rows] = self._fuse({k: v[rows] for k, v in parts.items()}, calibrated[rows],
-                                          np.ones(len(rows), np.float32))
-                clock.add("fusion", start)
+                with clock.stage("fusion"):
+                    logits[rows] = self._fuse({k: v[rows] for k, v in parts.items()}, calibrated[rows],
+                                              np.ones(len(rows), np.float32))
         if self._recheck_model is not None:  # the answers served: with the LLM (fused margin) or without it
-            start = clock.now()
-            margin = np.where(ok, self._recheck_margin, self._recheck_margin_ml)
-            close = rows_to_recheck(logits, margin, self.multi_label, self._manifest.thresholds)
-            close = np.array([r for r in close if int(r) not in rechecked], dtype=np.int64)
-            logits[close] = self._refuse(close, texts, ids, parts, rechecked, (calibrated, ok))
-            clock.add("recheck", start)
+            with clock.stage("recheck"):
+                margin = np.where(ok, self._recheck_margin, self._recheck_margin_ml)
+                close = rows_to_recheck(logits, margin, self.multi_label, self._manifest.thresholds)
+                close = np.array([r for r in close if int(r) not in rechecked], dtype=np.int64)
+                logits[close] = self._refuse(close, texts, ids, parts, rechecked, (calibrated, ok))
         probs = logits_to_probabilities(logits, self.multi_label)
         with self._rows_lock:
             self._rows["rows"] += n
@@ -369,7 +362,8 @@ class Bundle:
     def _run_component(self, model: OnnxModel, step: dict[str, Any], texts: list[str], ids: list[list[int]],
                        rows: np.ndarray, clock: _StageClock | None = None) -> np.ndarray:
         """One component on `rows`: batches sorted by token length (padded per batch), results in `rows` order.
-        With a `clock`, padding counts as "tokenize" and the graph's runs under the step's name."""
+        Padding counts as "tokenize" on `clock` and the graph's runs under the step's name (no clock: not kept)."""
+        clock = clock or _StageClock()
         n, n_labels = len(rows), len(self._manifest.labels)
         output = next(iter(step["outputs"]))
         order = np.argsort(np.fromiter((len(ids[i]) for i in rows), dtype=np.int64, count=n), kind="stable")
@@ -385,16 +379,12 @@ class Bundle:
                     feeds[name] = np.array([texts[i] for i in batch], dtype=object)
                 else:
                     if padded is None:  # on CUDA widths rounded up to a multiple of 8 (fewer shapes, tensor cores)
-                        start = time.perf_counter()
-                        padded = self._tokenizer.pad([ids[i] for i in batch],
-                                                     multiple_of=CUDA_PAD_MULTIPLE if model.uses_cuda else 1)
-                        if clock is not None:
-                            clock.add("tokenize", start)
+                        with clock.stage("tokenize"):
+                            padded = self._tokenizer.pad([ids[i] for i in batch],
+                                                         multiple_of=CUDA_PAD_MULTIPLE if model.uses_cuda else 1)
                     feeds[name] = padded[0] if source == "tokenizer.input_ids" else padded[1]
-            start = time.perf_counter()
-            (got,) = model.run(feeds, [output])
-            if clock is not None:
-                clock.add(step["name"], start)
+            with clock.stage(step["name"]):
+                (got,) = model.run(feeds, [output])
             result[local] = got
         return result
 
@@ -542,10 +532,13 @@ class _StageClock:
         self._began = time.perf_counter()
         self.seconds: dict[str, float] = {}
 
-    now = staticmethod(time.perf_counter)
-
-    def add(self, stage: str, start: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
     def total(self) -> dict[str, float]:
         return {**self.seconds, "total": time.perf_counter() - self._began}
