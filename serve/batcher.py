@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from textclassify.runtime.bundle import Bundle
+from textclassify.runtime.llm.usage import usage_sum
 from textclassify.serve.metrics import ModelMetrics
 
 
@@ -144,7 +145,7 @@ class DynamicBatcher:
                 if row.waiters == 0 and not row.started and not row.future.done():
                     self._abandon(row)
         answers = [rows[t].future.result() for t in texts]
-        return Answer(answers, _sum_usage({a.batch: a.batch_usage for a in answers}))
+        return Answer(answers, usage_sum({a.batch: a.batch_usage for a in answers}.values()))  # once per batch
 
     async def close(self, timeout_s: float) -> None:
         self._closing = True
@@ -252,14 +253,6 @@ class DynamicBatcher:
                 if self._live.get(row.text) is row:
                     del self._live[row.text]
             self._slots.release()
-
-
-def _sum_usage(per_batch: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {}
-    for usage in per_batch.values():
-        for key, value in usage.items():
-            total[key] = total.get(key, 0) + value
-    return total
 
 
 __all__ = ["Answer", "DynamicBatcher", "Predictor", "QueueFullError", "RequestTimeoutError", "RowAnswer"]

@@ -29,8 +29,9 @@ try:
 except ImportError:  # pragma: no cover - the message names the extra
     require("ray", "ray")
 
+from textclassify.runtime.llm.usage import usage_sum
 from textclassify.serve.app import create_app
-from textclassify.serve.batcher import Answer, QueueFullError, RequestTimeoutError, RowAnswer, _sum_usage
+from textclassify.serve.batcher import Answer, QueueFullError, RequestTimeoutError, RowAnswer
 from textclassify.serve.metrics import ModelMetrics
 from textclassify.serve.settings import ServeSettings, encoder_run_rows
 
@@ -80,7 +81,7 @@ class _BatchPredictor:
             raise RequestTimeoutError(f"no answer within {timeout_s:g} s") from None
         finally:
             self._waiting -= len(texts)
-        return Answer(list(rows), _sum_usage({r.batch: r.batch_usage for r in rows}))
+        return Answer(list(rows), usage_sum({r.batch: r.batch_usage for r in rows}.values()))  # once per batch
 
     def queue_depth(self) -> int:
         return self._waiting

@@ -27,6 +27,7 @@ from typing import Any
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import ConfigError, DataError, TextClassifyError, require
+from textclassify.runtime.llm.usage import usage_sum
 from textclassify.serve.ray_inputs import csv_read_options, describe_bad_row, resolve_inputs, scan_file, text_problem
 
 try:
@@ -408,7 +409,8 @@ class _Tally:
             "providers": first.get("providers", []), "variant": first.get("variant"),
             "int8_recheck_margin": first.get("int8_recheck_margin"), "rechecked_rows": self.rechecked,
             "llm_usage": {**dict(self.usage), "cost_usd": self.cost},
-            "cost": _sum_serving(list(self.serving.values())),
+            "cost": usage_sum({k: v for k, v in serving.items() if k != "gate_threshold"}
+                              for serving in self.serving.values()),
             "timing": {"workers_started": len(self.workers),
                        "worker_load_s_max": round(max((w["load_s"] for w in self.workers), default=0.0), 3),
                        "batches": self.batches, "rows_scored_by_workers": self.rows,
@@ -416,20 +418,6 @@ class _Tally:
                        "scoring_s": round(busy, 3),
                        "steady_texts_per_second": round(self.rows / busy, 2) if busy > 0 else None},
         }
-
-
-def _sum_serving(per_worker: list[dict[str, Any]]) -> dict[str, Any]:
-    """One cost dict (as single-process fusion-predict's summary 'cost') from every worker's Bundle.usage."""
-    total: dict[str, Any] = {}
-    for serving in per_worker:
-        for key, value in serving.items():
-            if key == "cost_usd":
-                total[key] = value if total.get(key) is None else total[key] + (value or 0.0)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "gate_threshold":
-                total[key] = total.get(key, 0) + value
-            else:
-                total.setdefault(key, value)
-    return total
 
 
 __all__ = ["OUTPUT_FORMATS", "output_columns", "predict_dataset"]
