@@ -185,6 +185,7 @@ class CombinerChoice:
     head: Any
     results: list[CVResult]
     folds: int
+    oof_calibrated: np.ndarray | None = None  # the LLM scores each row got from its fold's calibrator
 
     def table(self) -> list[dict[str, Any]]:
         return [{**r.row(), "chosen": r.name == self.name} for r in self.results]
@@ -207,10 +208,12 @@ def choose_combiner(ml: np.ndarray, lexical: np.ndarray | None, raw_llm: np.ndar
     names = candidate_names(lexical is not None, lexical_mode)
     oof = {name: np.zeros((n, ml.shape[1]), dtype=np.float32) for name in names}
     oof_no = {name: np.zeros((n, ml.shape[1]), dtype=np.float32) for name in names}
+    oof_cal = np.zeros(raw_llm.shape, dtype=np.float32)
     for k, test in enumerate(folds):
         train = complement(test, n)
         cal = calibrator_factory(raw_llm[train], targets[train])
         cal_tr, cal_te = cal.transform(raw_llm[train]), cal.transform(raw_llm[test])
+        oof_cal[test] = cal_te
         lex_tr = None if lexical is None else lexical[train]
         lex_te = None if lexical is None else lexical[test]
         for name in names:
@@ -222,4 +225,4 @@ def choose_combiner(ml: np.ndarray, lexical: np.ndarray | None, raw_llm: np.ndar
                for name in names]
     best = choose(results)
     log.info("combiner chosen by %d-fold cross-fitting: %s (log-loss %.4f)", len(folds), best.name, best.log_loss)
-    return CombinerChoice(best.name, None, results, len(folds))
+    return CombinerChoice(best.name, None, results, len(folds), oof_cal)

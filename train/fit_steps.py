@@ -221,7 +221,6 @@ def choose_gate(cfg: dict[str, Any], chosen: Any, fusion_targets: np.ndarray, mu
 def evaluate(prep: Prepared, llm: LLMScores, comp: Components, comb: Combiner,
               thresholds: Sequence[float] | None) -> HeldOut:
     """Held-out metrics for every model side by side: on eval_data, else the cross-fitted fusion split."""
-    from textclassify.train.calibration import fit_calibrator
     from textclassify.train.combiners import head_logits
 
     multi, labels, evaluation = prep.multi, prep.labels, prep.evaluation
@@ -237,11 +236,7 @@ def evaluate(prep: Prepared, llm: LLMScores, comp: Components, comb: Combiner,
         fusion_targets, raw_fusion = prep.fusion_targets, llm.raw_fusion
         held_texts, held_targets, held_raw, held_ml, held_lex = (prep.fusion_texts, fusion_targets, raw_fusion,
                                                                  comp.ml_fusion, comp.lex_fusion)
-        held_cal = np.zeros_like(raw_fusion)
-        for test in comp.folds:  # cross-fitted calibration, as the combiners saw it
-            train_rows = np.setdiff1d(np.arange(len(fusion_targets)), test)
-            held_cal[test] = fit_calibrator(raw_fusion[train_rows], fusion_targets[train_rows],
-                                            multi).transform(raw_fusion[test])
+        held_cal = choice.oof_calibrated  # cross-fitted calibration, as the combiners saw it
         chosen = choice.result(choice.name)
         fused, fused_no_llm = chosen.oof_logits, chosen.oof_no_llm_logits
         stacked = choice.result(comb.stacker_name).oof_logits
