@@ -9,6 +9,8 @@ then export, then on the fixed test set:
 1. the curve of LLM fraction against accuracy (the most confident no-LLM answers skip the LLM first),
    printed as a table and drawn into benchmarks/results/cascade.png, with the gate fit chose marked;
 2. the gate fit chose, served by the bundle: LLM calls skipped and accuracy against llm_gate="off";
+   beside it, on the same cross-fitted rows fit chose on, the threshold the rule before (the lowest
+   threshold whose raw won-minus-lost count stays within the budget) would have chosen, and its test effect;
 3. latency per text, one text per call, against a loopback LLM that answers in --latency-ms: gated rows,
    the same rows with no LLM at all (llm_gate=0.0), and rows that ask the LLM (no cache);
 4. tokens and USD: fit's per-stage report and its projection for 1,000 predictions.
@@ -94,6 +96,31 @@ def draw(curve: list[dict[str, float]], always: float, chosen: tuple[float, floa
     fig.savefig(path)
 
 
+def raw_count_threshold(no_llm: Any, fused: Any, y: Any, budget: float) -> float | None:
+    """The rule before: the lowest threshold whose raw held-out loss (rows won minus lost) is within budget."""
+    import numpy as np
+
+    conf, right_without, right_with = no_llm.max(1), no_llm.argmax(1) == y, fused.argmax(1) == y
+    always, chosen = right_with.mean(), None
+    for t in np.unique(conf)[::-1]:
+        if always - np.where(conf >= t, right_without, right_with).mean() <= budget + 1e-12:
+            chosen = float(t)
+    return chosen
+
+
+def capture_gate_inputs(store: dict[str, Any]) -> None:
+    """Keep the cross-fitted rows fit chooses the gate on (train.gate.choose_gate_threshold's arguments)."""
+    import textclassify.train.gate as gate_module
+
+    choose = gate_module.choose_gate_threshold
+
+    def recording(no_llm: Any, fused: Any, targets: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        store.update(no_llm=no_llm, fused=fused, targets=targets, budget=kwargs.get("max_accuracy_loss", 0.005))
+        return choose(no_llm, fused, targets, *args, **kwargs)
+
+    gate_module.choose_gate_threshold = recording
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-train", type=int, default=1200)
@@ -109,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n_train, args.n_test, args.latency_texts = 300, 200, 5
 
+    import numpy as np
     import torch
 
     from tests.support.llm_server import FakeLLMServer
@@ -136,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             "llm": {"score_method": "json", "max_concurrency": 8, "price_per_million": {"input": 0.28, "output": 0.42}},
             "fusion": {"num_epochs": 2, "hidden_dims": [32, 16]},
         }
+        chosen_on: dict[str, Any] = {}
+        capture_gate_inputs(chosen_on)
         start = time.perf_counter()
         clf = AutoFusionClassifier(config).fit(train, eval_data=test, progress=False)
         fit_s = time.perf_counter() - start
@@ -165,7 +195,19 @@ def main(argv: list[str] | None = None) -> int:
           f"({100 * (gated_acc - always):+.2f} points); no-LLM head alone {(no_llm.argmax(1) == y).mean():.3f}")
     print(f"  target: >= 50% skipped at <= 0.5 point loss -> "
           f"{'met' if skipped >= 0.5 and always - gated_acc <= 0.005 else 'NOT met'}")
+    cv = clf.metadata_["gate"]["chosen_on"]
+    print(f"  chosen on {cv['n']} cross-fitted fusion-split rows: LLM share {cv['llm_fraction']:.2f}, measured cost "
+          f"{100 * cv['accuracy_cost']:+.2f} points, expected cost {100 * cv['expected_accuracy_cost']:.2f} points")
+    before = raw_count_threshold(chosen_on["no_llm"], chosen_on["fused"], chosen_on["targets"], chosen_on["budget"])
+    if before is not None:
+        skip_before = no_llm.max(1) >= before
+        acc_before = float(np.where(skip_before, no_llm.argmax(1) == y, fused.argmax(1) == y).mean())
+        print(f"  the rule before (lowest threshold within budget on the raw count), same rows: top probability >= "
+              f"{before:.4f}; test set {skip_before.mean():.1%} skipped, {100 * (acc_before - always):+.2f} points")
     report = Path(args.report)
+    report.mkdir(parents=True, exist_ok=True)
+    np.savez(report / "cascade_gate_rows.npz", cv_no_llm=chosen_on["no_llm"], cv_fused=chosen_on["fused"],
+             cv_targets=chosen_on["targets"], test_no_llm=no_llm, test_fused=fused, test_targets=y)
     draw(curve, always, None if threshold is None else (1.0 - skipped, gated_acc), report / "cascade.png")
 
     # Latency: one text per call, no cache, against an LLM that answers in latency_ms.
@@ -211,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_train": len(train), "n_test": len(test), "llm_accuracy": args.llm_accuracy, "fit_s": fit_s,
         "curve": curve, "always_llm_accuracy": always, "gated_accuracy": gated_acc, "skipped_share": skipped,
         "threshold": threshold, "latency": latency, "cost": cost}, indent=2, default=float), encoding="utf-8")
-    print(f"\nwrote {report / 'cascade.png'} and {report / 'cascade.json'}")
+    print(f"\nwrote {report / 'cascade.png'}, {report / 'cascade.json'} and {report / 'cascade_gate_rows.npz'}")
     return 0
 
 

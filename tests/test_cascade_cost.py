@@ -14,7 +14,7 @@ from tests.support.toy_bundle import write_toy_bundle
 from textclassify.runtime import load_bundle
 from textclassify.runtime.cost import projection, stage_cost
 from textclassify.runtime.predict_cli import main as predict_main
-from textclassify.train.gate import choose_gate_threshold, gate_curve
+from textclassify.train.gate import choose_gate_threshold, expected_skip_loss, gate_curve
 
 LABELS = ["billing", "shipping", "technical"]
 PRICE = {"input": 2.0, "output": 8.0}
@@ -105,19 +105,52 @@ def _synthetic(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.
     return no_llm, fused, y
 
 
-def test_threshold_keeps_the_accuracy_budget_and_skips_most_it_can() -> None:
-    """The chosen threshold loses at most max_accuracy_loss; one step lower would lose more."""
+def test_threshold_keeps_the_expected_loss_in_budget_and_skips_most_it_can() -> None:
+    """The chosen threshold's expected loss (train.gate.expected_skip_loss) is within max_accuracy_loss; the next
+    lower candidate would exceed it; a bigger budget skips at least as many rows."""
     no_llm, fused, y = _synthetic()
     gate = choose_gate_threshold(no_llm, fused, y, False, max_accuracy_loss=0.01)
     chosen = gate["chosen_on"]
     assert gate["rule"] == "top_probability" and 0 <= gate["threshold"] <= 1
-    assert chosen["accuracy_cost"] <= 0.01 + 1e-12 and 0 < chosen["llm_calls_saved"] < len(y)
-    lower = np.max(no_llm, axis=1)
-    below = lower[lower < gate["threshold"]].max()
+    assert chosen["expected_accuracy_cost"] <= 0.01 + 1e-12 and 0 < chosen["llm_calls_saved"] < len(y)
+    conf = np.max(no_llm, axis=1)
+    below = conf[conf < gate["threshold"]].max()
+    expected = expected_skip_loss(no_llm, fused, False)
+    assert expected[conf >= below].sum() / len(y) > 0.01
     looser = choose_gate_threshold(no_llm, fused, y, False, max_accuracy_loss=1.0)
-    assert looser["threshold"] <= below  # a bigger budget skips at least as many rows
+    assert looser["threshold"] <= below
     strict = choose_gate_threshold(no_llm, fused, y, False, max_accuracy_loss=0.0)
-    assert strict["chosen_on"]["accuracy_cost"] <= 0.0 + 1e-12
+    assert strict["chosen_on"]["expected_accuracy_cost"] == 0.0
+
+
+def test_expected_loss_is_the_fused_models_view_of_each_skip() -> None:
+    """Agreeing rows cost nothing; a disagreeing row costs P(fused answer) - P(no-LLM answer) under the fused
+    model; multi-label rows use the probability of the whole label set."""
+    no_llm = np.array([[0.9, 0.1, 0.0], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
+    fused = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.5, 0.4, 0.1]])
+    assert expected_skip_loss(no_llm, fused, False) == pytest.approx([0.0, 0.3, 0.1])
+    ml_no_llm = np.array([[0.9, 0.2], [0.9, 0.2]])
+    ml_fused = np.array([[0.8, 0.1], [0.8, 0.7]])  # row 1: the LLM adds label 1
+    loss = expected_skip_loss(ml_no_llm, ml_fused, True, [0.5, 0.5])
+    assert loss == pytest.approx([0.0, 0.8 * 0.7 - 0.8 * 0.3])
+
+
+def test_lucky_rows_do_not_buy_a_lower_threshold() -> None:
+    """Rows the no-LLM answer happens to get right where the fused model disagrees (noise on a small held-out set)
+    do not offset the rows that need the LLM: the old raw count would skip all 40 rows here at zero measured loss;
+    the expected loss stops before the disagreeing rows."""
+    n = 40
+    conf = np.linspace(0.99, 0.6, n)
+    no_llm = np.stack([conf, 1 - conf, np.zeros(n)], axis=1)
+    fused = no_llm.copy()
+    y = np.zeros(n, dtype=int)
+    for i in range(30, 40):  # the fused model prefers class 1 on the ten least confident rows
+        fused[i] = [0.2, 0.8, 0.0]
+    y[[30, 31, 32, 33, 34]] = 1  # the LLM is right on five of them and wrong on the other five: raw loss 0
+    raw_all = choose_gate_threshold(no_llm, fused, y, False, max_accuracy_loss=1.0)["chosen_on"]
+    assert raw_all["llm_calls_saved"] == n and raw_all["accuracy_cost"] == 0.0
+    gate = choose_gate_threshold(no_llm, fused, y, False, max_accuracy_loss=0.005)
+    assert gate["chosen_on"]["llm_calls_saved"] == 30 and gate["threshold"] == pytest.approx(conf[29])
 
 
 def test_llm_fraction_target_and_gate_off() -> None:

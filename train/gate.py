@@ -2,13 +2,18 @@
 
 A row skips the LLM when the confidence of its no-LLM answer (runtime.gate.confidence: top probability,
 or for multi-label the smallest distance of a label from its threshold) reaches the threshold. Every
-distinct confidence on the held-out rows is a candidate threshold; for each, the held-out accuracy is
-the no-LLM answer on the rows it skips and the always-LLM fused answer on the others (multi-label:
-subset accuracy). The target is either an accuracy budget (`max_accuracy_loss` against the always-LLM
-fused model: the lowest threshold, so the most rows skipped, whose loss stays within it) or a share of
-rows still sent to the LLM (`llm_fraction`). The caller passes out-of-sample predictions (fusion-val,
-or cross-fitted ones over the whole fusion split): a threshold chosen on rows the head trained on would
-trust it too much.
+distinct confidence on the held-out rows is a candidate threshold. The target is either an accuracy
+budget (`max_accuracy_loss` against the always-LLM fused model) or a share of rows still sent to the LLM
+(`llm_fraction`). The caller passes out-of-sample predictions (fusion-val, or cross-fitted ones over the
+whole fusion split): a threshold chosen on rows the head trained on would trust it too much.
+
+The accuracy budget is held on the loss the always-LLM fused model expects, not on the raw count of
+rows won and lost: on a few hundred rows the raw count is a random walk (one row is 0.4 point at
+n=240), and taking the lowest threshold it allows follows the noise down to where the LLM matters. A
+row's expected loss from skipping is the fused model's probability that its own answer is right minus
+its probability that the no-LLM answer is right (multi-label: of the whole label set, labels taken as
+independent), 0 where the two answers agree. It is never negative, so the loss only grows as the
+threshold falls, and the threshold is the lowest one whose summed expected loss stays within the budget.
 """
 from __future__ import annotations
 
@@ -40,6 +45,23 @@ def gate_outcome(threshold: float | None, conf: np.ndarray, right_without: np.nd
     return {"accuracy": accuracy, "llm_fraction": float(1.0 - skip.sum() / n), "skipped": int(skip.sum())}
 
 
+def expected_skip_loss(no_llm_probabilities: np.ndarray, fused_probabilities: np.ndarray, multi_label: bool,
+                       thresholds: Sequence[float] | None = None) -> np.ndarray:
+    """Each row's accuracy loss from skipping the LLM, as the always-LLM fused model sees it: P(its own answer is
+    right) - P(the no-LLM answer is right) under its probabilities, floored at 0 (0 where the answers agree)."""
+    fused = np.asarray(fused_probabilities, dtype=np.float64)
+    without = np.asarray(no_llm_probabilities, dtype=np.float64)
+    if not multi_label:
+        rows = np.arange(len(fused))
+        return np.clip(fused[rows, fused.argmax(1)] - fused[rows, without.argmax(1)], 0.0, None)
+    thr = np.full(fused.shape[1], 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+
+    def p_labels_right(answer: np.ndarray) -> np.ndarray:
+        return np.prod(np.where(answer, fused, 1.0 - fused), axis=1)
+
+    return np.clip(p_labels_right(fused >= thr) - p_labels_right(without >= thr), 0.0, None)
+
+
 def choose_gate_threshold(no_llm_probabilities: np.ndarray, fused_probabilities: np.ndarray, targets: np.ndarray,
                           multi_label: bool, thresholds: Sequence[float] | None = None, *,
                           enabled: bool = True, max_accuracy_loss: float = 0.005,
@@ -53,6 +75,7 @@ def choose_gate_threshold(no_llm_probabilities: np.ndarray, fused_probabilities:
     always = float(right_with.mean()) if n else 0.0
     target: dict[str, Any] = ({"llm_fraction": llm_fraction} if llm_fraction is not None
                               else {"max_accuracy_loss": max_accuracy_loss})
+    expected = expected_skip_loss(no_llm_probabilities, fused_probabilities, multi_label, thresholds)
     threshold: float | None = None
     if enabled and n:
         candidates = np.unique(conf)[::-1]  # highest first: each step skips more rows
@@ -62,15 +85,17 @@ def choose_gate_threshold(no_llm_probabilities: np.ndarray, fused_probabilities:
                 threshold = float(np.sort(conf)[::-1][min(must_skip, n) - 1])
         else:
             for t in candidates:
-                if always - gate_outcome(float(t), conf, right_without, right_with)["accuracy"] <= \
-                        max_accuracy_loss + 1e-12:
-                    threshold = float(t)
+                if expected[conf >= t].sum() / n > max_accuracy_loss + 1e-12:
+                    break
+                threshold = float(t)
     gated = gate_outcome(threshold, conf, right_without, right_with)
+    expected_cost = float(expected[skips_llm(conf, threshold)].sum() / n) if n else 0.0
     return {
         "rule": rule, "threshold": threshold, "enabled": bool(enabled), "target": target,
         "chosen_on": {"source": source, "n": int(n), "accuracy_always_llm": always,
                       "accuracy_no_llm": float(right_without.mean()) if n else 0.0,
                       "accuracy_gated": gated["accuracy"], "accuracy_cost": always - gated["accuracy"],
+                      "expected_accuracy_cost": expected_cost,
                       "llm_fraction": gated["llm_fraction"], "llm_calls_saved": gated["skipped"]},
     }
 
