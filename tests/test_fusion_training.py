@@ -55,11 +55,11 @@ def test_train_fusion_learns_from_llm_scores(tiny_roberta_dir):
         encoder, tok, train_texts=texts[tr], train_scores=scores[tr], train_targets=y[tr], train_logits=logits[tr],
         val_texts=texts[va], val_scores=scores[va], val_targets=y[va], val_logits=logits[va], multi_label=False,
         fusion=FUSION, max_length=32, seed=0, progress=False)
-    assert 1 <= len(hist.warmup_val_loss) <= 200 and 1 <= len(hist.joint_val_loss) <= 2
+    assert 1 <= len(hist.warmup.val) <= 200 and 1 <= len(hist.joint.val) <= 2
     # the wrapper returned is the state with the lowest fusion-val loss among warm-up and joint epochs
     kept_loss = wrapper_loss(wrapper, tok, texts[va], scores[va], y[va], multi_label=False, max_length=32,
                              batch_size=32)
-    assert kept_loss == pytest.approx(min(hist.warmup_val_loss + hist.joint_val_loss), abs=1e-4)
+    assert kept_loss == pytest.approx(min(hist.warmup.val + hist.joint.val), abs=1e-4)
     llm_acc = (scores[va].argmax(1) == y[va]).mean()
     fused = predict_fused_logits(wrapper, tok, texts[va], scores[va], max_length=32)[1].argmax(1)
     assert (fused == y[va]).mean() >= llm_acc - 0.1

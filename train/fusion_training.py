@@ -33,18 +33,21 @@ LOSS_MIN_DELTA = 1e-7  # a validation loss must drop by more than this to count 
 
 
 @dataclass
-class FusionHistory:
-    """Losses of both phases and where the kept state came from."""
+class LossCurve:
+    """Mean training loss and validation loss, one pair per epoch of a phase."""
 
-    warmup_train_loss: list[float] = field(default_factory=list)
-    warmup_val_loss: list[float] = field(default_factory=list)
-    joint_train_loss: list[float] = field(default_factory=list)
-    joint_val_loss: list[float] = field(default_factory=list)
+    train: list[float] = field(default_factory=list)
+    val: list[float] = field(default_factory=list)
+
+
+@dataclass
+class FusionHistory:
+    """The loss curve of each phase (the MLP warm-up, joint fine-tuning) and where the kept state came from."""
+
+    warmup: LossCurve = field(default_factory=LossCurve)
+    joint: LossCurve = field(default_factory=LossCurve)
     kept: str = "warmup"
     param_group_lrs: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def build_joint_optimizer(wrapper: FusionWrapper, ml_lr: float, fusion_lr: float,
@@ -114,9 +117,9 @@ def warm_up_mlp(mlp: FusionMLP, train_features: np.ndarray, train_targets: np.nd
             loss = loss_fn(head_on_features(mlp, x_tr[idx], present), y_tr[idx])
             optimizer_step(optimizer, loss, mlp.parameters())  # clipped like every other training step
             total += loss.item() * len(idx)
-        history.warmup_train_loss.append(total / max(1, len(order)))
+        history.warmup.train.append(total / max(1, len(order)))
         val = _mlp_loss(mlp, x_va, y_va, multi_label, llm_dropout)
-        history.warmup_val_loss.append(val)
+        history.warmup.val.append(val)
         stopper.update(-val, mlp)
         if stopper.stop:
             break
@@ -225,10 +228,10 @@ def train_fusion(encoder: torch.nn.Module, tokenizer: Any, *, train_texts: Seque
             loss = loss_fn(out.fused_logits.float(), y_train[idx].to(device))
             optimizer_step(optimizer, loss, wrapper.parameters())
             total += loss.item() * len(idx)
-        history.joint_train_loss.append(total / max(1, len(train_texts)))
+        history.joint.train.append(total / max(1, len(train_texts)))
         val = wrapper_loss(wrapper, tokenizer, val_texts, val_scores, val_targets, multi_label=multi_label,
                            max_length=max_length, batch_size=max(bs, 32), llm_dropout=p_drop)
-        history.joint_val_loss.append(val)
+        history.joint.val.append(val)
         bar.update(1)
         bar.set_postfix(val_loss=f"{val:.3f}")
         if stopper.update(-val, wrapper):

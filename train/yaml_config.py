@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,83 +35,13 @@ class Field(NamedTuple):
     comment: str
 
 
-SECTIONS: dict[str, str] = {
-    "data": "Where the labelled data is and how its columns are laid out.",
-    "models": "The two models that fusion combines.",
-    "models.ml": "The transformer encoder, fine-tuned in stage 1 on the data outside the fusion split.",
-    "models.llm": "The LLM that scores every class (API keys come from the environment only, never from this file).",
-    "fusion": "Stage 2: the fusion MLP over [encoder logits, calibrated LLM scores], then joint fine-tuning.",
-    "gate": "The cascade: texts whose answer without the LLM is confident enough never reach the LLM.",
-}
+def _read_fields() -> tuple[dict[str, str], tuple[Field, ...]]:
+    """The sections and keys of the file, from config_fields.yaml beside this module (also docs/config.md's source)."""
+    table = yaml.safe_load(files("textclassify.train").joinpath("config_fields.yaml").read_text(encoding="utf-8"))
+    return dict(table["sections"]), tuple(Field(f["path"], f["flat"], f["comment"]) for f in table["fields"])
 
-FIELDS: tuple[Field, ...] = (
-    Field("data.train_path", None, "CSV with the labelled training data (required here or as --data)."),
-    Field("data.test_path", None, "Optional CSV scored after training for held-out metrics (or --test-data); "
-                                  "without it metrics come from fusion-val."),
-    Field("data.text_column", "text_column", "Column that holds the text."),
-    Field("data.label_columns", "label_columns", "One class-name column (multi-class) or one 0/1 column per label "
-                                                 "(multi-label)."),
-    Field("data.multi_label", "multi_label", "true: a text may carry several labels (label_columns are 0/1 columns)."),
-    Field("models.ml.model_name", "ml_model", "Hugging Face hub name or local folder of the encoder."),
-    Field("models.ml.num_epochs", "ml.num_epochs", "Stage-1 fine-tuning epochs (auto: until validation macro-F1 "
-                                                   "stops improving, under a step budget)."),
-    Field("models.ml.batch_size", "ml.batch_size", "Stage-1 batch size."),
-    Field("models.ml.learning_rate", "ml.learning_rate", "Stage-1 AdamW learning rate (auto: by encoder size)."),
-    Field("models.ml.max_length", "ml.max_length", "Tokens per text (longer texts are truncated; capped at what the "
-                                                   "encoder allows)."),
-    Field("models.ml.warmup_ratio", "ml.warmup_ratio", "Share of stage-1 steps with a linearly rising learning rate."),
-    Field("models.ml.weight_decay", "ml.weight_decay", "AdamW weight decay in stage 1."),
-    Field("models.ml.val_split", "ml.val_split", "Share of the stage-1 data held out for early stopping."),
-    Field("models.ml.early_stopping_patience", "ml.early_stopping_patience", "Stage-1 epochs without a better "
-                                                                            "validation loss before stopping."),
-    Field("models.lexical", "lexical", "auto | on | off: a TF-IDF + logistic-regression component beside the "
-                                       "encoder (auto keeps it when cross-validation says it helps)."),
-    Field("models.llm.provider", "llm_provider", "deepseek | openai | gemini | openai-compatible | local (an embedded "
-                                                 "llama.cpp server on 127.0.0.1)."),
-    Field("models.llm.model", "llm_model", "Model name (null: the provider's default); a GGUF file path for local."),
-    Field("models.llm.base_url", "llm_base_url", "API base URL (null: the provider's default); required for "
-                                                 "openai-compatible."),
-    Field("models.llm.temperature", "llm.temperature", "Sampling temperature of the LLM (0: deterministic)."),
-    Field("models.llm.max_concurrency", "llm.max_concurrency", "LLM requests in flight at once."),
-    Field("models.llm.timeout_s", "llm.timeout_s", "Seconds before one LLM request times out."),
-    Field("models.llm.max_retries", "llm.max_retries", "Retries (with backoff) on 429, 5xx and timeouts."),
-    Field("models.llm.score_method", "llm.score_method", "auto | logprobs (label-token log-probabilities) | json "
-                                                         "(per-class scores as JSON)."),
-    Field("models.llm.on_unusable_answer", "llm.on_unusable_answer", "raise | abstain: when the LLM's answer "
-          "names no label even after retries, fail, or score that text 'no opinion' (uniform) in training "
-          "and serving alike."),
-    Field("models.llm.deadline_s", "llm.deadline_s", "Overall seconds one scoring call may take; rows still "
-          "unanswered then fail (null: derived from timeout_s and max_retries, the most those limits allow)."),
-    Field("models.llm.price_per_million", "llm.price_per_million", "{input: USD, output: USD} per million tokens "
-                                                                   "(null: the built-in price table) for the cost "
-                                                                   "reports."),
-    Field("fusion.hidden_dims", "fusion.hidden_dims", "Hidden layer sizes of the fusion MLP."),
-    Field("fusion.dropout", "fusion.dropout", "Dropout after each hidden layer."),
-    Field("fusion.ml_lr", "fusion.ml_lr", "Learning rate of the encoder during joint fine-tuning."),
-    Field("fusion.fusion_lr", "fusion.fusion_lr", "Learning rate of the fusion MLP (warm-up and joint)."),
-    Field("fusion.num_epochs", "fusion.num_epochs", "Joint fine-tuning epochs (0: keep the warm-up result)."),
-    Field("fusion.batch_size", "fusion.batch_size", "Stage-2 batch size."),
-    Field("fusion.warmup_epochs", "fusion.warmup_epochs", "Epochs of the MLP alone on the frozen stage-1 logits."),
-    Field("fusion.val_split", "fusion.val_split", "Share of the fusion split kept as fusion-val (early stopping, "
-                                                  "choice of the kept state)."),
-    Field("fusion.early_stopping_patience", "fusion.early_stopping_patience", "Joint epochs without a better "
-                                                                              "fusion-val loss before stopping."),
-    Field("fusion.llm_dropout", "fusion.llm_dropout", "Share of stage-2 training rows that see no LLM scores, so the "
-                                                      "fusion head also answers without the LLM."),
-    Field("fusion.cv_folds", "fusion.cv_folds", "Folds of the cross-fitting that chooses the combiner."),
-    Field("fusion.threshold_objective", "fusion.threshold_objective", "macro_f1 | subset_accuracy: what the "
-                                                                      "per-label thresholds (multi-label) maximise."),
-    Field("gate.enabled", "gate.enabled", "false: every text asks the LLM (no cascade)."),
-    Field("gate.max_accuracy_loss", "gate.max_accuracy_loss", "Accuracy the gate may lose against always asking the "
-                                                              "LLM, on held-out predictions."),
-    Field("gate.llm_fraction", "gate.llm_fraction", "Share of texts to send to the LLM instead (null: use "
-                                                    "max_accuracy_loss)."),
-    Field("output_dir", "output_dir", "Where the model, metrics.json and the report are written."),
-    Field("cache_dir", "cache_dir", "Folder of the LLM score cache (a second run reuses every answer)."),
-    Field("fusion_split", "fusion_split", "Share of the data held out from stage 1 for fusion (only it needs LLM "
-                                          "scores)."),
-    Field("seed", "seed", "Random seed of the splits and of training."),
-)
+
+SECTIONS, FIELDS = _read_fields()
 
 # Older spellings accepted for the original API's files; giving both an alias and its key is an error.
 ALIASES: dict[str, str] = {
