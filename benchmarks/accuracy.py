@@ -122,7 +122,8 @@ def error_correlation(held: dict[str, Any]) -> dict[str, float]:
 
 
 def fit_one(train: Any, test: Any, scorer: Any, *, model_name: str, label_columns: list[str], multi_label: bool,
-            seed: int, work: Path, memo: Stage1Memo | None) -> dict[str, Any]:
+            seed: int, work: Path, memo: Stage1Memo | None, overrides: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
     from tests.support.llm_server import FakeLLMServer
     from textclassify import AutoFusionClassifier
 
@@ -132,6 +133,7 @@ def fit_one(train: Any, test: Any, scorer: Any, *, model_name: str, label_column
             "label_columns": label_columns, "multi_label": multi_label, "ml_model": _minilm(),
             "cache_dir": str(work / "cache"), "output_dir": str(work / f"fit-{model_name}"), "seed": seed,
             "ml": {"max_length": 64}, "llm": {"score_method": "json", "max_concurrency": 8},
+            **(overrides or {}),
         }
         start = time.perf_counter()
         clf = AutoFusionClassifier(config).fit(train, eval_data=test, progress=False)
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="training texts of the multi-label case (0: skip)")
     parser.add_argument("--no-reuse-stage1", action="store_true", help="train stage 1 in every fit")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads")
+    parser.add_argument("--fusion-split", type=float, default=None,
+                        help="fit's fusion_split (default: fit's own default)")
     parser.add_argument("--json", default=None, help="also write every run's figures here")
     parser.add_argument("--char-ngrams", action="store_true", help="only compare word vs word+char lexical features")
     args = parser.parse_args(argv)
@@ -282,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     pool, test = movie_reviews(args.n_test) if args.sizes else (None, None)
     print(f"accuracy benchmark: movie reviews, fixed test set {args.n_test}, sizes {args.sizes}, seeds {args.seeds}, "
           f"simulated LLM at {args.llm_acc}; multi-label n {args.multi_label_n}; MiniLM, automatic stage 1; "
-          f"torch threads {args.threads}; work dir {work}", flush=True)
+          f"fusion_split {args.fusion_split or 'default'}; torch threads {args.threads}; work dir {work}", flush=True)
+    overrides = {} if args.fusion_split is None else {"fusion_split": args.fusion_split}
     total = time.perf_counter()
     for n in args.sizes:
         grid: dict[float, list[dict[str, Any]]] = {acc: [] for acc in args.llm_acc}
@@ -291,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             truth = {**dict(zip(train["text"], train["label"])), **dict(zip(test["text"], test["label"]))}
             for acc in args.llm_acc:
                 run = fit_one(train, test, simulated_llm(truth, acc, seed), model_name=f"sim-{acc}-{seed}",
-                              label_columns=["label"], multi_label=False, seed=seed, work=work, memo=memo)
+                              label_columns=["label"], multi_label=False, seed=seed, work=work, memo=memo,
+                              overrides=overrides)
                 run.update(seed=seed, n_train=n, llm_acc=acc)
                 grid[acc].append(run)
                 m = run["metrics"]
@@ -310,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             train, ml_test = multi_label_data(args.multi_label_n, 400, seed)
             run = fit_one(train, ml_test, None, model_name=f"keywords-{seed}", label_columns=list(LABELS),
-                          multi_label=True, seed=seed, work=work, memo=memo)
+                          multi_label=True, seed=seed, work=work, memo=memo, overrides=overrides)
             run.update(seed=seed, n_train=args.multi_label_n)
             runs.append(run)
             print(f"  multi-label seed {seed}: " + ", ".join(f"{k} {v[0]:.3f}/{v[1]:.3f}" for k, v in
