@@ -33,7 +33,7 @@ from textclassify.runtime.llm import LLMScorer, LLMSettings
 from textclassify.runtime.llm.usage import usage_delta
 from textclassify.runtime.manifest import BundleManifest, load_manifest, opened_verified
 from textclassify.runtime.metrics import classification_metrics
-from textclassify.runtime.recheck import rows_to_recheck
+from textclassify.runtime.recheck import rows_near_gate, rows_to_recheck
 from textclassify.runtime.sessions import (
     CUDA_PAD_MULTIPLE,
     OnnxModel,
@@ -280,9 +280,12 @@ class Bundle:
             no_llm = self._fuse(parts, np.zeros((n, n_labels), np.float32), np.zeros(n, np.float32))
         rechecked: set[int] = set()
         if self._recheck_model is not None and self.gate_threshold is not None:
-            # int8 rows too close to a flip are settled before the gate reads their no-LLM answer
+            # int8 rows too close to a flip, of their answer or of the gate, are settled before the gate reads them
             with clock.stage("recheck"):
-                rows = rows_to_recheck(no_llm, self._recheck_margin_ml, self.multi_label, self._manifest.thresholds)
+                rows = np.union1d(
+                    rows_to_recheck(no_llm, self._recheck_margin_ml, self.multi_label, self._manifest.thresholds),
+                    rows_near_gate(no_llm, self.gate_threshold, self._recheck_margin_ml, self.multi_label,
+                                   self._manifest.thresholds))
                 no_llm[rows] = self._refuse(rows, texts, ids, parts, rechecked, None)
         with clock.stage("gate"):
             probs_no_llm = logits_to_probabilities(no_llm, self.multi_label)

@@ -13,7 +13,9 @@ from tests.support.toy_bundle import build_encoder, read_manifest, toy_weights, 
 from textclassify.runtime import constants as K
 from textclassify.runtime import load_bundle
 from textclassify.runtime.errors import BundleError, ConfigError
-from textclassify.runtime.recheck import decision_margins, margin_change, rows_to_recheck
+from textclassify.runtime.decoding import logits_to_probabilities
+from textclassify.runtime.gate import confidence, skips_llm
+from textclassify.runtime.recheck import decision_margins, margin_change, rows_near_gate, rows_to_recheck
 
 LABELS = ["billing", "shipping", "technical"]
 TEXTS = [t for t, _ in make_tickets(40, seed=5)]
@@ -44,6 +46,25 @@ def test_a_flipped_decision_is_always_within_the_margin_change(multi_label):
             flipped = ref.argmax(1) != other.argmax(1)
         assert (decision_margins(other, multi_label)[flipped] <= change).all()
         assert (decision_margins(ref, multi_label)[flipped] <= change).all()
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_a_flipped_gate_decision_is_always_near_the_gate(multi_label):
+    """Whenever a perturbation moves a row across the gate threshold, rows_near_gate lists that row, judged from
+    either side of the change."""
+    rng = np.random.default_rng(1)
+    thresholds = [0.3, 0.5, 0.7, 0.5] if multi_label else None
+    for _ in range(200):
+        ref = rng.normal(scale=2.0, size=(64, 4))
+        other = ref + rng.normal(scale=0.3, size=ref.shape)
+        change = margin_change(ref, other, multi_label)
+        gate = float(rng.uniform(0.05, 0.45) if multi_label else rng.uniform(0.3, 0.95))
+        skip = [skips_llm(confidence(logits_to_probabilities(z, multi_label), multi_label, thresholds), gate)
+                for z in (ref, other)]
+        flipped = np.flatnonzero(skip[0] != skip[1])
+        for z in (ref, other):
+            assert set(flipped) <= set(rows_near_gate(z, gate, change, multi_label, thresholds))
+    assert len(rows_near_gate(ref, None, 1e9, multi_label, thresholds)) == 0
 
 
 def _int8_toy(tmp_path: Path, tokenizer_json: Path, multi_label: bool, margin: float | None, llm: dict,
@@ -100,6 +121,31 @@ def test_int8_rows_within_the_margin_come_from_fp32(tiny_roberta_dir, llm_server
         want = probs["int8"].copy()
         want[rechecked] = probs["fp32"][rechecked]
         np.testing.assert_allclose(result.probabilities, want, atol=1e-5)
+
+
+def test_rows_near_the_gate_are_settled_by_fp32_before_the_gate(tiny_roberta_dir, tmp_path):
+    """With a gate, the rows rechecked before it are those near a flip of their answer or of the gate; a huge
+    margin rechecks every row, so the rows skipping the LLM are exactly the fp32 bundle's."""
+    llm = {"provider": "openai-compatible", "model": "fake", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0,
+           "timeout_s": 1.0}
+    tokenizer_json = Path(tiny_roberta_dir) / "tokenizer.json"
+    kw = {"cache_dir": tmp_path / "cache", "providers": "cpu", "on_llm_error": "ml_only"}
+    base = _int8_toy(tmp_path / "base", tokenizer_json, False, 0.0, llm, margin_ml=0.0)
+    with load_bundle(base, variant="int8", int8_recheck=False, llm_gate=0.0, **kw) as bundle:
+        int8_no_llm = np.log(bundle.predict(TEXTS).probabilities)  # every row skips: the no-LLM answers
+    with load_bundle(base, variant="fp32", llm_gate=0.0, **kw) as bundle:
+        fp32_conf = bundle.predict(TEXTS).probabilities.max(1)
+    gate = float(np.median(np.exp(int8_no_llm).max(1)))
+    near = rows_near_gate(int8_no_llm, gate, 0.2, False)
+    assert 0 < len(near) < len(TEXTS)
+    path = _int8_toy(tmp_path / "near", tokenizer_json, False, 0.0, llm, margin_ml=0.2)
+    with load_bundle(path, variant="int8", llm_gate=gate, **kw) as bundle:
+        before_gate = bundle.predict(TEXTS).metadata["rechecked"]
+    assert before_gate == sorted(set(near) | set(rows_to_recheck(int8_no_llm, 0.2, False)))
+    path = _int8_toy(tmp_path / "all", tokenizer_json, False, 0.0, llm, margin_ml=1e9)
+    with load_bundle(path, variant="int8", llm_gate=gate, **kw) as bundle:
+        result = bundle.predict(TEXTS)
+    assert result.metadata["llm_skipped"] == list(np.flatnonzero(fp32_conf >= gate))
 
 
 def _spinning(model) -> str | None:
