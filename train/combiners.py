@@ -4,6 +4,9 @@
 sees neutral scores (the training mean) instead of llm_scores, as in FusionMLP:
 - LinearStacker: logistic regression over standardised [component logits, scores, llm_present], stored
   as one nn.Linear; fitted with LLM dropout (each row once with its scores, once without, weighted).
+  `fit_tied` fits the same layer with one weight per component, shared by every class (a weighted
+  log-linear pool: class c's logit is b_c + sum_k w_k * component_k[c], plus a per-class shift for rows
+  without the LLM): a handful of parameters, for the small fusion splits a full stacker overfits.
 - ComponentSelector: one component alone, its logits times a fitted temperature. The LLM alone answers
   from the encoder (temperature-scaled) where llm_present = 0, so `ml_only` still has an answer.
 """
@@ -19,6 +22,7 @@ from torch import nn
 from textclassify.train.fusion_model import StandardisedInputs
 
 SCORE_FLOOR = 1e-6  # calibrated scores are clipped here before their log (LLM alone)
+TIED_L2 = 1e-4  # ridge on the tied stacker's few parameters: keeps them finite when a class is missing
 
 
 def _neutral_scores(head: nn.Module, scores: torch.Tensor | None, present: torch.Tensor | None,
@@ -91,6 +95,53 @@ class LinearStacker(StandardisedInputs, nn.Module):
         with torch.no_grad():
             self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
             self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        return self.eval()
+
+
+    def fit_tied(self, features: np.ndarray, targets: np.ndarray, *, multi_label: bool, llm_dropout: float,
+                 seed: int, l2: float = TIED_L2) -> LinearStacker:
+        """Fit one weight per component (shared across classes), a bias per class and a per-class shift for
+        rows without the LLM, by L-BFGS on the log-loss; stored in the full layer, so it serves as a stacker."""
+        torch.manual_seed(seed)
+        f = torch.as_tensor(features, dtype=torch.float64)
+        self.set_feature_scaling(f.float())
+        n, c = f.shape[0], self.output_dim
+        k = len(self.components) + 1  # component blocks, then the scores
+        blocks = f.reshape(n, k, c)
+        mean = blocks.mean(dim=0)
+        without = blocks.clone()
+        without[:, -1, :] = mean[-1]  # rows without the LLM see neutral (mean) scores
+        y = torch.as_tensor(np.asarray(targets), dtype=torch.float64 if multi_label else torch.long)
+        p = float(llm_dropout)
+        w = torch.ones(k, dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(c, dtype=torch.float64, requires_grad=True)
+        shift = torch.zeros(c, dtype=torch.float64, requires_grad=True)
+        loss_of = (nn.functional.binary_cross_entropy_with_logits if multi_label
+                   else nn.functional.cross_entropy)
+        optimizer = torch.optim.LBFGS([w, b, shift], lr=1.0, max_iter=500, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            with_llm = b + (blocks * w[None, :, None]).sum(dim=1)
+            loss = (1.0 - p) * loss_of(with_llm, y) if p < 1 else torch.zeros((), dtype=torch.float64)
+            if p > 0:
+                loss = loss + p * loss_of(b + shift + (without * w[None, :, None]).sum(dim=1), y)
+            loss = loss + l2 * (w.pow(2).sum() + b.pow(2).sum() + shift.pow(2).sum())
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        scale = self.feature_scale.double().reshape(k, c)
+        weight = torch.zeros(c, self.input_dim + 1, dtype=torch.float64)
+        for j in range(k):
+            weight[torch.arange(c), j * c + torch.arange(c)] = w[j].detach() * scale[j]
+        bias = b.detach() + (w.detach()[:, None] * self.feature_mean.double().reshape(k, c)).sum(dim=0)
+        # in the layer, "without" rows get the scores' standardised 0 (their mean) and llm_present 0
+        weight[:, -1] = -shift.detach()
+        bias = bias + shift.detach()
+        with torch.no_grad():
+            self.linear.weight.copy_(weight.float())
+            self.linear.bias.copy_(bias.float())
         return self.eval()
 
 

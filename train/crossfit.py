@@ -111,10 +111,12 @@ CANDIDATES: dict[str, tuple[int, tuple[str, ...], str]] = {
     "encoder": (0, ("ml",), "select"),
     "lexical": (0, ("ml", "lexical"), "select"),
     "llm": (0, ("ml",), "select"),
-    "stacker": (1, ("ml",), "stacker"),
-    "stacker+lexical": (2, ("ml", "lexical"), "stacker"),
-    "mlp": (3, ("ml",), "mlp"),
-    "mlp+lexical": (4, ("ml", "lexical"), "mlp"),
+    "tied": (1, ("ml",), "tied"),
+    "tied+lexical": (2, ("ml", "lexical"), "tied"),
+    "stacker": (3, ("ml",), "stacker"),
+    "stacker+lexical": (4, ("ml", "lexical"), "stacker"),
+    "mlp": (5, ("ml",), "mlp"),
+    "mlp+lexical": (6, ("ml", "lexical"), "mlp"),
 }
 MLP_INNER_VAL = 0.2  # share of the MLP's training rows kept for its early stopping
 
@@ -126,7 +128,7 @@ def candidate_names(has_lexical: bool, lexical_mode: str) -> list[str]:
         uses = "lexical" in components
         if uses and (not has_lexical or lexical_mode == "off"):
             continue
-        if not uses and lexical_mode == "on" and has_lexical and name in ("stacker", "mlp"):
+        if not uses and lexical_mode == "on" and has_lexical and name in ("tied", "stacker", "mlp"):
             continue
         names.append(name)
     return names
@@ -153,6 +155,9 @@ def fit_combiner(name: str, ml: np.ndarray, lexical: np.ndarray | None, cal: np.
     if kind == "stacker":
         return LinearStacker(n_labels, components).fit(feats, targets, multi_label=multi_label, llm_dropout=dropout,
                                                        seed=seed)
+    if kind == "tied":
+        return LinearStacker(n_labels, components).fit_tied(feats, targets, multi_label=multi_label,
+                                                            llm_dropout=dropout, seed=seed)
     return _fit_mlp(components, feats, targets, multi_label=multi_label, fusion=fusion, seed=seed)
 
 
