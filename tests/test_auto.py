@@ -10,7 +10,9 @@ import pytest
 from tests.support.data import LABELS, make_tickets
 from tests.support.llm_server import FakeLLMServer
 from textclassify import AutoFusionClassifier
+from textclassify.runtime.decoding import decide
 from textclassify.runtime.errors import DataError, NotFittedError
+from textclassify.runtime.metrics import classification_metrics
 
 
 def tickets_frame(n: int, seed: int, multi_label: bool) -> pd.DataFrame:
@@ -141,6 +143,13 @@ def test_multi_label_fit_predict(server, tiny_roberta_dir, tmp_path):
     assert m["fused"] >= max(m["llm"], m["ml"]) - 0.02
     thresholds = clf.metadata_["combiner"]["thresholds"]
     assert thresholds == clf.thresholds_ and len(thresholds) == 3 and all(0 < t < 1 for t in thresholds)
+    # the tuned thresholds are the combiner's: a part alone is judged by the default rule (0.5 per label)
+    held = clf.metadata_["held_out_predictions"]
+    for name, rule in (("ml", None), ("lexical", None), ("fused", thresholds)):
+        if name in held["probabilities"]:
+            want = classification_metrics(held["targets"], decide(held["probabilities"][name], True, rule), clf.labels_,
+                                          True)
+            assert clf.metadata_["metrics"][name]["subset_accuracy"] == want["subset_accuracy"]
 
 
 def test_bad_data_sends_no_llm_request(server, tiny_roberta_dir, tmp_path):

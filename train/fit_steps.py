@@ -15,6 +15,8 @@ from textclassify.runtime.types import TrainingData
 
 log = logging.getLogger(__name__)
 
+TUNED_RULE = ("fused", "fused_no_llm", "stacker")  # metrics that use the tuned multi-label thresholds
+
 
 @dataclass
 class Prepared:
@@ -250,6 +252,9 @@ def evaluate(prep: Prepared, llm: LLMScores, comp: Components, comb: Combiner,
     }
     if held_lex is not None:
         candidates["lexical"] = logits_to_probabilities(held_lex, multi)
-    metrics = {name: classification_metrics(held_targets, decide(p, multi, thresholds), labels, multi)
+    # The per-label thresholds are tuned for the combiner: a part alone answers by the default rule, as it
+    # would if it were used alone (multi-class has no thresholds, so this changes nothing there).
+    metrics = {name: classification_metrics(held_targets, decide(p, multi, thresholds if name in TUNED_RULE else None),
+                                            labels, multi)
                for name, p in candidates.items()}
     return HeldOut(held_texts, held_targets, held_raw, held_cal, candidates, metrics)
