@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             "output_dir": str(work / "fit"), "seed": args.seed,
             "ml": {"max_length": 64, "batch_size": 16},
             "llm": {"score_method": "json", "max_concurrency": 8, "price_per_million": {"input": 0.28, "output": 0.42}},
-            "fusion": {"num_epochs": 2, "hidden_dims": [32, 16]},
+            "fusion": {"hidden_dims": [32, 16]},
         }
         chosen_on: dict[str, Any] = {}
         capture_gate_inputs(chosen_on)

@@ -280,7 +280,7 @@ def fit_or_load(args, server_factory, truth, train_texts, train_labels, model_di
               "llm": {"score_method": "json", "max_concurrency": 8},
               "ml": {"num_epochs": 2, "batch_size": 16, "learning_rate": 1e-3 if args.tiny else 1e-4,
                      "max_length": args.max_length},
-              "fusion": {"num_epochs": 3, "batch_size": 16}}
+              "fusion": {"batch_size": 16}}
     start = time.perf_counter()
     clf = AutoFusionClassifier(config).fit(pd.DataFrame({"text": train_texts, "label": train_labels}),
                                            progress=False)

@@ -377,7 +377,7 @@ def build_minilm(out: Path) -> Path:
                   "ml_model": minilm_path(), "cache_dir": str(out / "cache"), "output_dir": str(out / "fit"),
                   "llm": {"score_method": "json", "max_concurrency": 8},
                   "ml": {"num_epochs": 2, "batch_size": 16, "learning_rate": 1e-4, "max_length": 64},
-                  "fusion": {"num_epochs": 3, "batch_size": 16}}
+                  "fusion": {"batch_size": 16}}
         frame = pd.DataFrame({"text": texts[:600], "label": labels[:600]})
         clf = AutoFusionClassifier(config).fit(frame, progress=False)
         bundle = clf.export(out / "bundle", int8=True, progress=False)  # parity on the model's validation texts

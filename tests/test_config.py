@@ -38,6 +38,21 @@ def test_nested_override_keeps_other_defaults():
     assert cfg["ml"]["num_epochs"] == 1 and cfg["ml"]["batch_size"] == 16
 
 
+def test_joint_fine_tuning_keys_are_reported_unused(caplog):
+    """fit has no joint fine-tuning: fusion.ml_lr / num_epochs / early_stopping_patience away from their defaults
+    are still checked, and each is named in a warning instead of being ignored silently."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="textclassify.config"):
+        validate_config({})
+        validate_config({"fusion": {"ml_lr": DEFAULT_CONFIG["fusion"]["ml_lr"]}})
+        assert caplog.records == []
+        validate_config({"fusion": {"num_epochs": 3, "early_stopping_patience": 1}})
+    assert [r.getMessage().split(" = ")[0] for r in caplog.records] == ["fusion.num_epochs",
+                                                                        "fusion.early_stopping_patience"]
+    assert "not used" in caplog.records[0].getMessage()
+
+
 @pytest.mark.parametrize("config, message", [
     ({"fusion": {"hidden_dims": [64, -3]}}, "fusion.hidden_dims[1]: expected a positive integer, got -3"),
     ({"fusion": {"ml_lr": -3}}, "fusion.ml_lr: expected a float in (0, 1], got -3"),

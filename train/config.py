@@ -6,6 +6,7 @@ Validation runs before any training or LLM request; an error names the key's pat
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -52,6 +53,17 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 Check = Callable[[Any], bool]
+
+log = logging.getLogger("textclassify.config")
+
+# Keys of the original recipe that fit does not use, and why. They are still checked, and a value other
+# than the default is reported as unused rather than silently ignored.
+_FROZEN = ("fit has no joint fine-tuning of the encoder: every combiner is fitted on its frozen out-of-sample "
+           "logits, so the cross-fitted comparison that picks it sees the rows as they will be served")
+NOT_USED_BY_FIT: dict[str, str] = {
+    "fusion.ml_lr": _FROZEN, "fusion.num_epochs": _FROZEN, "fusion.early_stopping_patience": _FROZEN,
+    "fusion.val_split": "the combiner is chosen by k-fold cross-fitting over the whole fusion split (fusion.cv_folds)",
+}
 
 
 def _is_num(v: Any) -> bool:
@@ -191,6 +203,9 @@ def validate_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
                 if not element[0](item):
                     raise _fail(f"{path}[{i}]", element[1], item)
     check_base_url(merged["llm_base_url"])  # user:pass@ would reach saved models, bundles and logs
+    for path, why in NOT_USED_BY_FIT.items():
+        if _get(merged, path) != _get(DEFAULT_CONFIG, path):
+            log.warning("%s = %r is not used: %s.", path, _get(merged, path), why)
     if isinstance(merged["label_columns"], tuple):
         merged["label_columns"] = list(merged["label_columns"])
     if merged["llm_provider"] == "openai-compatible" and not merged["llm_base_url"]:

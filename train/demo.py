@@ -48,7 +48,7 @@ def demo_config(ml_model: str, *, output_dir: str = OUTPUT_DIR, cache_dir: str =
         # SmolLM2 often names no label at all: those texts get no-opinion scores (counted), in training
         # and serving alike, instead of failing the run; retries at temperature 0 would repeat the answer.
         "llm": {"max_concurrency": 4, "score_method": "logprobs", "max_retries": 0, "on_unusable_answer": "abstain"},
-        "fusion": {"num_epochs": 2, "batch_size": 16, "hidden_dims": [32, 16]},
+        "fusion": {"batch_size": 16, "hidden_dims": [32, 16]},
     }
 
 

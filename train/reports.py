@@ -216,7 +216,7 @@ def _mark_kept(ax: Any, x: float, y: float) -> None:
 
 
 def plot_training_curves(path: Path, history: Mapping[str, Any]) -> Path:
-    """Train/validation loss per epoch of stage 1 (encoder) and stage 2 (warm-up, then joint)."""
+    """Train/validation loss per epoch of stage 1 (encoder) and, where recorded, stage 2 (warm-up, then joint)."""
     fig = _figure(11.5, 4.4)
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     s1 = history.get("stage1") or {}
