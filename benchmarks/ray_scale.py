@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CHUNK_ROWS = 512  # fusion-predict's chunk
+from textclassify.runtime import constants as K  # noqa: E402
 
 
 def toy_bundle(work: Path) -> Path:
@@ -81,8 +81,8 @@ def single_process_steady(bundle: Path, texts: list[str], llm_url: str, cache: P
     with load_bundle(bundle, llm_base_url=llm_url, cache_dir=cache, batch_size=batch) as b:
         load_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        for start in range(0, len(texts), CHUNK_ROWS):
-            b.predict(texts[start:start + CHUNK_ROWS])
+        for start in range(0, len(texts), K.PREDICT_CHUNK_ROWS):
+            b.predict(texts[start:start + K.PREDICT_CHUNK_ROWS])
         seconds = time.perf_counter() - t1
         usage = b.usage["serving"]
     return {"load_s": load_s, "seconds": seconds, "texts_per_s": len(texts) / seconds, "requests": usage["requests"]}
@@ -125,10 +125,10 @@ def ray_run(bundle: Path, src: Path, out: Path, llm_url: str, cache: Path, worke
     """predict_dataset on a local Ray started here (timed apart), with the CPU seconds the whole run used."""
     import ray
 
-    from textclassify.serve.ray_data import predict_dataset
+    from textclassify.serve.ray_data import LOCAL_RAY_SYSTEM_CONFIG, predict_dataset
 
     t0 = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     init_s = time.perf_counter() - t0
     try:
         cpu0, t1 = _tree_cpu_s(), time.perf_counter()

@@ -36,6 +36,9 @@ LLM_PRESENT = "llm_present"  # fusion.onnx: float32 [B, 1], 1 where the row has 
 FUSED_OUTPUT = "fused_logits"  # fusion.onnx: float32 [B, C]
 REEXPORT_COMMAND = "fusion-export --model MODEL_DIR --output BUNDLE_DIR"
 DEFAULT_BATCH_SIZE = 32
+# Texts per Bundle.predict call in batch scoring (fusion-predict's chunks, Ray Data's batches): progress
+# granularity, enough rows for the LLM's concurrency, and a wide span to sort by length before padding.
+PREDICT_CHUNK_ROWS = 512
 DEFAULT_THRESHOLD = 0.5
 
 # LLM-score calibration (train fits it, calibrator.onnx serves it)

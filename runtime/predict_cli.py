@@ -22,7 +22,6 @@ from textclassify.runtime.errors import ConfigError, DataError
 from textclassify.runtime.output_paths import STDOUT, check_output_file, exit_on_sigterm
 from textclassify.runtime.validation import DEFAULT_MAX_TEXT_CHARS, check_base_url, check_unicode
 
-CHUNK_ROWS = 512  # texts per predict call: progress granularity, and enough for the LLM's concurrency
 SUMMARY_SUFFIX = ".summary.json"
 FORMATS = ("csv", "jsonl")
 ENGINES = ("single", "ray")
@@ -187,8 +186,8 @@ def predict_file(bundle_dir: str, input_path: str, output_path: str, *, text_col
         rechecked = 0
         with _atomic_output(output_path, fmt, columns + out_columns) as write, \
                 tqdm(total=len(rows), unit="text", desc="fusion-predict", file=sys.stderr, disable=None) as bar:
-            for start in range(0, len(rows), CHUNK_ROWS):
-                chunk = rows[start:start + CHUNK_ROWS]
+            for start in range(0, len(rows), K.PREDICT_CHUNK_ROWS):
+                chunk = rows[start:start + K.PREDICT_CHUNK_ROWS]
                 result = bundle.predict([row[text_column] for row in chunk])
                 bad = set(result.metadata["degraded"])
                 degraded += [start + i for i in sorted(bad)]

@@ -43,6 +43,15 @@ ERRORS_SUFFIX = ".errors"
 # With the default of one CPU per actor and as many actors as CPUs, a read task asking for a CPU would
 # wait forever for one (measured: Ray Data 2.60 stalls with 2 actors and num_cpus=2).
 IO_TASK_CPUS = 0
+# Read and write tasks in flight at once, per this many actors (at least one). A CPU-free task still
+# runs in a worker process of its own, and starting one costs more CPU than the task: with unbounded IO
+# concurrency 2 actors on 2 cores scored 360 texts/s, with one IO task at a time 422 (benchmarks/README.md).
+ACTORS_PER_IO_TASK = 8
+# A local Ray keeps an idle worker process for a minute instead of Ray's default second: the read and
+# write tasks come a few seconds apart, and each new process for them costs more CPU than the task
+# (2 actors on 2 cores: 66-77% of single-process throughput with the default, 81-89% with this).
+LOCAL_RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
+BLOCKS_PER_ACTOR = 4  # so that the last blocks spread over the pool
 MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 1024, 128 * 1024 * 1024  # the upper one is Ray Data's default
 _SUFFIX_OF = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
 
@@ -61,8 +70,11 @@ def predict_dataset(
 ) -> dict[str, Any]:
     """Score every row of INPUT_SPEC on Ray and write OUTPUT_DIR plus OUTPUT_DIR.summary.json; returns the summary.
 
-    `batch_size` is both the rows of one Ray Data batch (one `Bundle.predict` call) and the ONNX Runtime
-    batch. `load_options` go to `load_bundle` (providers, variant, on_llm_error, llm_base_url, cache_dir, ...).
+    `batch_size` is the ONNX Runtime batch, as in single-process fusion-predict; a Ray Data batch (one
+    `Bundle.predict` call) is fusion-predict's chunk, K.PREDICT_CHUNK_ROWS rows (fewer on a small input, see
+    `batch_rows`; never fewer than `batch_size`), so texts are sorted by length over the whole chunk before
+    padding and per-call costs are paid per chunk.
+    `load_options` go to `load_bundle` (providers, variant, on_llm_error, llm_base_url, cache_dir, ...).
     `ray_address` None starts a local Ray with `num_cpus` (unless one is running in this process already);
     "auto" or HOST:PORT joins a cluster.
     """
@@ -79,6 +91,7 @@ def predict_dataset(
     options.setdefault("intra_op_num_threads", max(1, int(cpus_per_worker)))
     if llm_concurrency is not None:
         options["llm_max_concurrency"] = llm_concurrency // workers
+    io_concurrency = max(1, workers // ACTORS_PER_IO_TASK)
     timings: dict[str, float] = {}
     started_ray = _connect(ray_address, num_cpus, timings)
     staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
@@ -96,13 +109,14 @@ def predict_dataset(
         context = ray.data.DataContext.get_current()
         block_size_before = context.target_max_block_size
         context.target_max_block_size = block_bytes(sum(os.path.getsize(f) for f in files), workers)
-        dataset = _read(files, fmt, text_column).map_batches(
-            _BundleWorker, batch_size=batch_size, batch_format="pyarrow",
+        dataset = _read(files, fmt, text_column, io_concurrency).map_batches(
+            _BundleWorker, batch_size=batch_rows(sum(scan.rows for scan in scans), workers, batch_size),
+            batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
             fn_constructor_kwargs={"bundle_dir": str(bundle_dir), "load_options": options,
                                    "text_column": text_column, "output_format": output_format, "tally": tally})
         ray.data.DataContext.get_current().enable_progress_bars = progress
-        _write(dataset, staging, output_format)
+        _write(dataset, staging, output_format, io_concurrency)
         timings["run_s"] = time.perf_counter() - run_started
         counted = _count_output(staging, output_format, labels, multi_label)
         expected = sum(scan.rows for scan in scans) - len(bad)
@@ -185,8 +199,8 @@ def _connect(address: str | None, num_cpus: int | None, timings: dict[str, float
         return False
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if address is None:
-        kwargs["num_cpus"] = num_cpus
+    if address is None:  # a cluster's system config is its own (docs/scaling.md)
+        kwargs.update(num_cpus=num_cpus, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     ray.init(address=address, **kwargs)
     timings["ray_init_s"] = time.perf_counter() - t0
     return True
@@ -210,11 +224,20 @@ def block_bytes(input_bytes: int, workers: int) -> int:
     as one block (seen here: two 30-row Parquet files reached a pool of 4 actors as one block, and one actor
     did all the work), so: at least 4 blocks per actor, at most Ray's default size. A repartition would do
     it too, but its task asks for a whole CPU, which the actors hold (measured: the run waited forever)."""
-    return max(MIN_BLOCK_BYTES, min(MAX_BLOCK_BYTES, input_bytes // (workers * 4)))
+    return max(MIN_BLOCK_BYTES, min(MAX_BLOCK_BYTES, input_bytes // (workers * BLOCKS_PER_ACTOR)))
 
 
-def _read(files: list[str], fmt: str, text_column: str) -> Any:
-    common = {"partitioning": None, "num_cpus": IO_TASK_CPUS}  # partitioning None: columns are the files' own
+def batch_rows(input_rows: int, workers: int, batch_size: int) -> int:
+    """Rows per Ray Data batch (one Bundle.predict call): fusion-predict's chunk, but no more than a block's
+    share of the rows, since Ray Data merges blocks until a batch is full and hands it to one actor (240 rows
+    in 512-row batches went to one of 4 actors); never fewer than the ONNX Runtime batch."""
+    share = -(-input_rows // (workers * BLOCKS_PER_ACTOR))
+    return max(batch_size, min(K.PREDICT_CHUNK_ROWS, share))
+
+
+def _read(files: list[str], fmt: str, text_column: str, concurrency: int) -> Any:
+    # partitioning None: the columns are the files' own
+    common = {"partitioning": None, "num_cpus": IO_TASK_CPUS, "concurrency": concurrency}
     if fmt == "csv":
         return ray.data.read_csv(files, **common, **csv_read_options(text_column))
     if fmt == "json":
@@ -222,8 +245,8 @@ def _read(files: list[str], fmt: str, text_column: str) -> Any:
     return ray.data.read_parquet(files, **common)
 
 
-def _write(dataset: Any, staging: Path, output_format: str) -> None:
-    io = {"ray_remote_args": {"num_cpus": IO_TASK_CPUS}}
+def _write(dataset: Any, staging: Path, output_format: str, concurrency: int) -> None:
+    io = {"ray_remote_args": {"num_cpus": IO_TASK_CPUS}, "concurrency": concurrency}
     if output_format == "parquet":
         dataset.write_parquet(str(staging), **io)
     elif output_format == "csv":
@@ -314,6 +337,8 @@ class _BundleWorker:
                  tally: Any) -> None:
         from textclassify.runtime.bundle import load_bundle
 
+        if load_options.get("intra_op_num_threads", 1) <= 1:  # one CPU: the tokenizer starts no threads either
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
         t0 = time.perf_counter()
         self._bundle = load_bundle(bundle_dir, **load_options)
         self._text_column = text_column

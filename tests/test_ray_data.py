@@ -196,3 +196,15 @@ def test_killed_actor_every_row_once(local_ray, bundle_dir: Path, tmp_path: Path
     ids = sorted(pq.read_table(tmp_path / "out").column("id").to_pylist())
     assert ids == list(range(80)) and summary["rows"] == 80
     assert summary["ray"]["workers_started"] >= 3  # the killed one was replaced
+
+
+def test_batch_rows_keep_every_actor_busy_and_never_go_below_the_onnx_batch() -> None:
+    """fusion-predict's 512-row chunk on a large input; on a small one a block's share (Ray Data merges blocks
+    into one actor's batch); never fewer rows than the ONNX Runtime batch."""
+    from textclassify.runtime import constants as K
+    from textclassify.serve.ray_data import BLOCKS_PER_ACTOR, batch_rows
+
+    assert batch_rows(20_000, 2, 64) == K.PREDICT_CHUNK_ROWS
+    assert batch_rows(240, 4, 10) == -(-240 // (4 * BLOCKS_PER_ACTOR)) == 15
+    assert batch_rows(240, 4, 64) == 64
+    assert batch_rows(20_000, 2, 1024) == 1024
