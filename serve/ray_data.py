@@ -44,12 +44,13 @@ ERRORS_SUFFIX = ".errors"
 # wait forever for one (measured: Ray Data 2.60 stalls with 2 actors and num_cpus=2).
 IO_TASK_CPUS = 0
 # Read and write tasks in flight at once, per this many actors (at least one). A CPU-free task still
-# runs in a worker process of its own, and starting one costs more CPU than the task: with unbounded IO
-# concurrency 2 actors on 2 cores scored 360 texts/s, with one IO task at a time 422 (benchmarks/README.md).
+# runs in a worker process of its own, and starting one costs more CPU than the task; on 2 cores one at a
+# time scored faster than two or than no limit (figures: benchmarks/README.md). 8 is not measured: on
+# larger pools it keeps reading and writing ahead of scoring without a process per actor.
 ACTORS_PER_IO_TASK = 8
 # A local Ray keeps an idle worker process for a minute instead of Ray's default second: the read and
 # write tasks come a few seconds apart, and each new process for them costs more CPU than the task
-# (2 actors on 2 cores: 66-77% of single-process throughput with the default, 81-89% with this).
+# (figures: benchmarks/README.md).
 LOCAL_RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
 BLOCKS_PER_ACTOR = 4  # so that the last blocks spread over the pool
 MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 1024, 128 * 1024 * 1024  # the upper one is Ray Data's default
