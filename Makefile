@@ -38,7 +38,7 @@ demo: $(STAMP)
 	@$(PY) -m textclassify.train.demo
 
 lint: $(STAMP)
-	@.venv/bin/ruff check runtime train export src tests benchmarks docs examples
+	@.venv/bin/ruff check runtime train export serve src tests benchmarks docs examples
 
 clean-venv:
 	rm -rf .venv

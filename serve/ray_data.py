@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from textclassify.runtime import constants as K
+from textclassify.runtime.atomic import write_atomic
 from textclassify.runtime.errors import ConfigError, DataError, TextClassifyError, require
 from textclassify.runtime.llm.usage import usage_sum
 from textclassify.serve.ray_inputs import csv_read_options, describe_bad_row, resolve_inputs, scan_file, text_problem
@@ -155,7 +156,7 @@ def predict_dataset(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "summary_file": str(out) + SUMMARY_SUFFIX,
     }
-    _atomic_write_text(summary["summary_file"], json.dumps(summary, indent=2) + "\n")
+    write_atomic(summary["summary_file"], json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -322,13 +323,6 @@ def _write_errors(out: Path, bad: list[tuple[str, int, str, str]], fmt: str, tex
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_pylist()), encoding="utf-8")
     os.replace(tmp, target)
     return str(target)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 class _BundleWorker:

@@ -12,8 +12,8 @@ from tests.support.llm_server import FakeLLMServer
 from tests.support.toy_bundle import build_encoder, read_manifest, toy_weights, write_manifest, write_toy_bundle
 from textclassify.runtime import constants as K
 from textclassify.runtime import load_bundle
-from textclassify.runtime.errors import BundleError, ConfigError
 from textclassify.runtime.decoding import logits_to_probabilities
+from textclassify.runtime.errors import BundleError, ConfigError
 from textclassify.runtime.gate import confidence, skips_llm
 from textclassify.runtime.recheck import decision_margins, margin_change, rows_near_gate, rows_to_recheck
 
