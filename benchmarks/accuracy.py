@@ -249,7 +249,8 @@ def multi_label_data(n_train: int, n_test: int, seed: int) -> tuple[Any, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[300, 600, 1200], help="n_train values")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[300, 600, 1200],
+                        help="n_train values (none: multi-label only)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--llm-acc", type=float, nargs="+", default=[0.60, 0.75], help="simulated LLM accuracies")
     parser.add_argument("--n-test", type=int, default=600)

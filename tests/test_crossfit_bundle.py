@@ -161,3 +161,19 @@ def test_other_thresholds_change_predict_and_the_runtime_alike(fitted_multi_labe
     assert _agreement(got.predictions, want.predictions) >= MIN_AGREEMENT
     at_half = decide(want.probabilities, True, [0.5] * 3)
     assert (at_half != decide(want.probabilities, True, clf.thresholds_)).any()
+
+
+def test_choose_thresholds_keeps_a_tuned_threshold_only_where_it_beats_half_out_of_sample():
+    """A label whose probabilities are shifted low gets its tuned threshold; a label that 0.5 already separates,
+    with noise that tuning would fit, keeps 0.5; too few rows keep 0.5 throughout."""
+    from textclassify.train.thresholds import choose_thresholds
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((200, 2)) < 0.4).astype(int)
+    shifted = np.where(y[:, 0] == 1, rng.uniform(0.2, 0.45, 200), rng.uniform(0.0, 0.15, 200))
+    noisy = np.clip(np.where(y[:, 1] == 1, 0.75, 0.25) + rng.normal(0, 0.2, 200), 0, 1)
+    p = np.stack([shifted, noisy], axis=1)
+    thr = choose_thresholds(p, y, "macro_f1")
+    assert 0.15 <= thr[0] <= 0.2 and thr[1] == 0.5
+    assert tune_thresholds(p, y, "macro_f1")[1] != 0.5  # raw tuning does move it: the check is what kept 0.5
+    assert choose_thresholds(p[:3], y[:3], "subset_accuracy") == [0.5, 0.5]

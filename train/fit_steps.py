@@ -192,14 +192,15 @@ def choose_combiner(cfg: dict[str, Any], prep: Prepared, llm: LLMScores, comp: C
 
 
 def tune_thresholds(cfg: dict[str, Any], prep: Prepared, comb: Combiner) -> list[float] | None:
-    """Multi-label: per-label thresholds tuned on the chosen combiner's cross-fitted predictions."""
+    """Multi-label: per-label thresholds tuned on the chosen combiner's cross-fitted predictions, each kept only
+    where it beats 0.5 out of sample (train.thresholds.choose_thresholds)."""
     if not prep.multi:
         return None
-    from textclassify.train.thresholds import tune_thresholds
+    from textclassify.train.thresholds import choose_thresholds
 
     chosen = comb.choice.result(comb.choice.name)
-    return tune_thresholds(logits_to_probabilities(chosen.oof_logits, True), prep.fusion_targets,
-                           cfg["fusion"]["threshold_objective"])
+    return choose_thresholds(logits_to_probabilities(chosen.oof_logits, True), prep.fusion_targets,
+                             cfg["fusion"]["threshold_objective"], seed=cfg["seed"])
 
 
 def choose_gate(cfg: dict[str, Any], chosen: Any, fusion_targets: np.ndarray, multi: bool,
