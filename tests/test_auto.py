@@ -61,8 +61,8 @@ def test_fit_reports_every_model_side_by_side(fitted_multiclass):
     assert on_disk["llm_usage"]["requests"] > 0 and on_disk["llm_usage"]["total_tokens"] > 0
     assert on_disk["stage1"]["plan"]["learning_rate_source"] == "user" and on_disk["stage1"]["steps_run"] > 0
     table = on_disk["combiner"]["cv_table"]
-    assert {r["combiner"] for r in table} == {"encoder", "lexical", "llm", "stacker", "stacker+lexical", "mlp",
-                                              "mlp+lexical"}
+    assert {r["combiner"] for r in table} == {"encoder", "lexical", "llm", "tied", "tied+lexical", "stacker",
+                                              "stacker+lexical", "mlp", "mlp+lexical"}
     chosen = [r for r in table if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["combiner"] == on_disk["combiner"]["chosen"] == clf.combiner_
     assert chosen[0]["cv_log_loss"] <= min(r["cv_log_loss"] for r in table) + 0.002
@@ -172,4 +172,4 @@ def test_fit_writes_the_report(fitted_multiclass):
     assert f"Combiner serving: {clf.combiner_} (lowest 5-fold cross-fitted log-loss" in summary
     assert summary.count("<- serves") == 1 and "Stage 1: lr 0.001 (user)" in summary
     report = json.loads((tmp / "out" / "report" / "metrics.json").read_text())
-    assert report["combiner"]["chosen"] == clf.combiner_ and len(report["combiner"]["cv_table"]) == 7
+    assert report["combiner"]["chosen"] == clf.combiner_ and len(report["combiner"]["cv_table"]) == 9
