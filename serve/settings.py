@@ -71,9 +71,6 @@ class ServeSettings:
         return f"ServeSettings({shown}, token={'<set>' if self.token else None})"
 
 
-__all__ = ["ServeSettings", "parse_size"]
-
-
 def encoder_run_rows(providers: list[str], merged_batch: int, override: int | None = None) -> int:
     """Rows per encoder run inside a merged batch: `override` when given, else the whole batch on CUDA, else at most
     DEFAULT_CPU_ENCODER_BATCH on the CPU (shorter length-sorted runs pad less)."""
@@ -82,3 +79,7 @@ def encoder_run_rows(providers: list[str], merged_batch: int, override: int | No
     if any("CUDA" in p for p in providers):
         return merged_batch
     return min(merged_batch, DEFAULT_CPU_ENCODER_BATCH)
+
+
+__all__ = ["ServeSettings", "encoder_run_rows", "parse_size"]
+
