@@ -36,6 +36,14 @@ def _row_correct(probabilities: np.ndarray, targets: np.ndarray, multi_label: bo
     return ((p >= thr).astype(np.int64) == np.asarray(targets)).all(axis=1)
 
 
+def _gate_rows(no_llm_probabilities: np.ndarray, fused_probabilities: np.ndarray, targets: np.ndarray,
+               multi_label: bool, thresholds: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per held-out row: the gate's confidence, and whether the answer is right without and with the LLM."""
+    return (confidence(no_llm_probabilities, multi_label, thresholds),
+            _row_correct(no_llm_probabilities, targets, multi_label, thresholds),
+            _row_correct(fused_probabilities, targets, multi_label, thresholds))
+
+
 def gate_outcome(threshold: float | None, conf: np.ndarray, right_without: np.ndarray,
                  right_with: np.ndarray) -> dict[str, float]:
     """Accuracy and LLM share on the held-out rows when the gate uses `threshold`."""
@@ -68,9 +76,8 @@ def choose_gate_threshold(no_llm_probabilities: np.ndarray, fused_probabilities:
                           llm_fraction: float | None = None, source: str = "held-out") -> dict[str, Any]:
     """The manifest's "gate" block: rule, threshold (None: every row asks the LLM) and what it did on `source`."""
     rule = GATE_RULES["multi_label" if multi_label else "multi_class"]
-    conf = confidence(no_llm_probabilities, multi_label, thresholds)
-    right_without = _row_correct(no_llm_probabilities, targets, multi_label, thresholds)
-    right_with = _row_correct(fused_probabilities, targets, multi_label, thresholds)
+    conf, right_without, right_with = _gate_rows(no_llm_probabilities, fused_probabilities, targets, multi_label,
+                                                 thresholds)
     n = len(conf)
     always = float(right_with.mean()) if n else 0.0
     target: dict[str, Any] = ({"llm_fraction": llm_fraction} if llm_fraction is not None
@@ -105,9 +112,8 @@ def gate_curve(no_llm_probabilities: np.ndarray, fused_probabilities: np.ndarray
                fractions: Sequence[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
                ) -> list[dict[str, float]]:
     """Accuracy at each share of rows sent to the LLM (the most confident rows skip it first)."""
-    conf = confidence(no_llm_probabilities, multi_label, thresholds)
-    right_without = _row_correct(no_llm_probabilities, targets, multi_label, thresholds)
-    right_with = _row_correct(fused_probabilities, targets, multi_label, thresholds)
+    conf, right_without, right_with = _gate_rows(no_llm_probabilities, fused_probabilities, targets, multi_label,
+                                                 thresholds)
     order = np.argsort(-conf, kind="stable")
     n = len(conf)
     rows = []
@@ -123,9 +129,8 @@ def held_out_report(threshold: float | None, no_llm_probabilities: np.ndarray, f
                     targets: np.ndarray, multi_label: bool,
                     thresholds: Sequence[float] | None = None) -> dict[str, Any]:
     """What a threshold does on held-out rows: LLM calls made and saved, accuracy gated and always-LLM."""
-    conf = confidence(no_llm_probabilities, multi_label, thresholds)
-    right_without = _row_correct(no_llm_probabilities, targets, multi_label, thresholds)
-    right_with = _row_correct(fused_probabilities, targets, multi_label, thresholds)
+    conf, right_without, right_with = _gate_rows(no_llm_probabilities, fused_probabilities, targets, multi_label,
+                                                 thresholds)
     outcome = gate_outcome(threshold, conf, right_without, right_with)
     always = float(right_with.mean()) if len(conf) else 0.0
     return {"n": int(len(conf)), "llm_calls": int(len(conf) - outcome["skipped"]),
