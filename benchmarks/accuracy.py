@@ -14,8 +14,11 @@ accuracy (--no-reuse-stage1 trains it every time); "fit s" is each fit's wall ti
 the stage 1 it used.
 
 Multi-label (--multi-label-n > 0): the test fixtures' ticket generator (tests/support/data.make_tickets,
-three labels, one or two per text) with their keyword-reading fake LLM, MiniLM, --multi-label-n training
-and 400 test texts; subset accuracy and macro-F1.
+three labels, one or two per text), MiniLM, --multi-label-n training and 400 test texts; subset accuracy and
+macro-F1. Its LLM is the simulated one at each --llm-acc (benchmarks/cascade.simulated_multi_label_llm: the true
+label set for a seeded-hash share of texts, else that set with one label flipped), or with
+--multi-label-llm keywords the fixtures' keyword reader, whose answers come from the same keywords the encoder
+and the lexical model learn.
 
     python benchmarks/accuracy.py                                       # the full grid: hours on 2 cores
     python benchmarks/accuracy.py --sizes 300 --seeds 0 --llm-acc 0.75  # one cell: minutes
@@ -45,12 +48,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support (the loopback LLM server) and benchmarks.cascade
 
-from benchmarks.cascade import simulated_llm  # noqa: E402
+from benchmarks.cascade import simulated_llm, simulated_multi_label_llm  # noqa: E402
 
 TEST_SEED = 2026  # the fixed test set's draw
-PARTS = (("encoder", "ml"), ("lexical", "lexical"), ("LLM (calibrated)", "llm"), ("stacker", "stacker"),
-         ("fused (served)", "fused"))
-COMPONENTS = ("ml", "lexical", "llm")  # the single parts the fused model must beat
+PARTS = (("encoder", "ml"), ("lexical", "lexical"), ("LLM (raw)", "llm_raw"), ("LLM (calibrated)", "llm"),
+         ("stacker", "stacker"), ("fused (served)", "fused"))
+COMPONENTS = ("ml", "lexical", "llm_raw", "llm")  # the single parts the fused model must beat
 TARGET_GAIN, SEED_SLACK = 0.02, 0.01
 
 
@@ -247,6 +250,13 @@ def multi_label_data(n_train: int, n_test: int, seed: int) -> tuple[Any, Any]:
     return frame(n_train, 1000 + seed), frame(n_test, 7)
 
 
+def label_sets(frame: Any) -> dict[str, frozenset[str]]:
+    """text -> its true label set, from a frame of 0/1 label columns."""
+    from tests.support.data import LABELS
+
+    return {row["text"]: frozenset(lab for lab in LABELS if row[lab]) for _, row in frame.iterrows()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[300, 600, 1200],
@@ -256,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=600)
     parser.add_argument("--multi-label-n", type=int, default=600, 
                         help="training texts of the multi-label case (0: skip)")
+    parser.add_argument("--multi-label-llm", choices=("simulated", "keywords"), default="simulated",
+                        help="multi-label LLM: the simulated one at each --llm-acc, or the fixtures' keyword reader")
     parser.add_argument("--no-reuse-stage1", action="store_true", help="train stage 1 in every fit")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads")
     parser.add_argument("--fusion-split", type=float, default=None,
@@ -311,21 +323,26 @@ def main(argv: list[str] | None = None) -> int:
             findings += print_table(key, runs)
     if args.multi_label_n > 0:
         from tests.support.data import LABELS
-        from tests.support.llm_server import FakeLLMServer  # noqa: F401  (fit_one starts it)
 
-        runs = []
+        grid = {acc: [] for acc in (args.llm_acc if args.multi_label_llm == "simulated" else [None])}
         for seed in args.seeds:
             train, ml_test = multi_label_data(args.multi_label_n, 400, seed)
-            run = fit_one(train, ml_test, None, model_name=f"keywords-{seed}", label_columns=list(LABELS),
-                          multi_label=True, seed=seed, work=work, memo=memo, overrides=overrides)
-            run.update(seed=seed, n_train=args.multi_label_n)
-            runs.append(run)
-            print(f"  multi-label seed {seed}: " + ", ".join(f"{k} {v[0]:.3f}/{v[1]:.3f}" for k, v in
-                  run["metrics"].items()) + f"; chosen {run['combiner']} [{time.perf_counter() - total:.0f} s]",
-                  flush=True)
-        key = f"multi-label tickets (fixture generator + keyword LLM), n_train {args.multi_label_n}, subset accuracy"
-        results[key] = runs
-        findings += print_table(key, runs)
+            truth = {**label_sets(train), **label_sets(ml_test)}
+            for acc in grid:
+                scorer = None if acc is None else simulated_multi_label_llm(truth, acc, seed)
+                name = f"keywords-{seed}" if acc is None else f"sim-ml-{acc}-{seed}"
+                run = fit_one(train, ml_test, scorer, model_name=name, label_columns=list(LABELS),
+                              multi_label=True, seed=seed, work=work, memo=memo, overrides=overrides)
+                run.update(seed=seed, n_train=args.multi_label_n, llm_acc=acc)
+                grid[acc].append(run)
+                print(f"  multi-label seed {seed} LLM {'keywords' if acc is None else f'{acc:.0%}'}: " + ", ".join(
+                      f"{k} {v[0]:.3f}/{v[1]:.3f}" for k, v in run["metrics"].items()) +
+                      f"; chosen {run['combiner']} [{time.perf_counter() - total:.0f} s]", flush=True)
+        for acc, runs in grid.items():
+            llm = "the fixtures' keyword LLM" if acc is None else f"LLM {acc:.0%}"
+            key = f"multi-label tickets, n_train {args.multi_label_n}, {llm}, subset accuracy"
+            results[key] = runs
+            findings += print_table(key, runs)
     print("\nTargets")
     for line in findings:
         print(f"  {line}")

@@ -34,13 +34,33 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support.llm_server: the loopback OpenAI-compatible server
 
+
+def _keyed_by_prompt_line(truth: dict[str, Any]) -> dict[str, Any]:
+    """The truth keyed by the text as the prompt carries it (line breaks become spaces), the text the server sees."""
+    from textclassify.runtime.llm.prompts import one_line
+
+    return {one_line(text): value for text, value in truth.items()}
+
+
+def _draws(seed: int, text: str) -> tuple[float, float, float]:
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    u, v, w = (int.from_bytes(digest[i:i + 4], "big") / 2**32 for i in (0, 4, 8))
+    return u, v, w
+
+
+def _truth_of(truth: dict[str, Any], text: str) -> Any:
+    if text not in truth:  # a silent default would make this text's "wrong" answers depend on label order
+        raise KeyError(f"simulated LLM: no true label for the text {text[:60]!r}")
+    return truth[text]
+
+
 def simulated_llm(truth: dict[str, str], accuracy: float, seed: int):
     """Scores for a text: right for a seeded-hash share `accuracy` of texts, else mostly one wrong class."""
+    truth = _keyed_by_prompt_line(truth)
 
     def score(text: str, labels: list[str], multi_label: bool) -> dict[str, float]:
-        digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
-        u, v, w = (int.from_bytes(digest[i:i + 4], "big") / 2**32 for i in (0, 4, 8))
-        true = truth.get(text, labels[0])
+        u, v, w = _draws(seed, text)
+        true = _truth_of(truth, text)
         others = [lab for lab in labels if lab != true]
         top = true if u < accuracy else others[int(v * len(others)) % len(others)]
         mass = 0.55 + 0.4 * w  # how sure it sounds, the same whether right or wrong
@@ -49,6 +69,23 @@ def simulated_llm(truth: dict[str, str], accuracy: float, seed: int):
         for lab in rest:
             out[lab] = (1.0 - mass) / len(rest)
         return {lab: round(out[lab], 4) for lab in labels}
+
+    return score
+
+
+def simulated_multi_label_llm(truth: dict[str, frozenset[str]], accuracy: float, seed: int):
+    """Multi-label scores: the true label set for a seeded-hash share `accuracy` of texts, else that set with one
+    label (hash-chosen) flipped; every label answered gets `mass`, every other 1 - mass (mass 0.55-0.95, the same
+    whether right or wrong)."""
+    truth = _keyed_by_prompt_line(truth)
+
+    def score(text: str, labels: list[str], multi_label: bool) -> dict[str, float]:
+        u, v, w = _draws(seed, text)
+        answer = set(_truth_of(truth, text))
+        if u >= accuracy:
+            answer ^= {labels[int(v * len(labels)) % len(labels)]}
+        mass = 0.55 + 0.4 * w
+        return {lab: round(mass if lab in answer else 1.0 - mass, 4) for lab in labels}
 
     return score
 
