@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import sys
 import tempfile
 import time
 import warnings
@@ -48,23 +47,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from textclassify.train.demo import (
-        TEST_ROWS,
-        TRAIN_ROWS,
-        DemoPaths,
-        demo_config,
-        load_movie_reviews,
-        stratified_sample,
-    )
-    from textclassify.train.demo_assets import minilm_path
+    from textclassify.train.demo import TEST_ROWS, TRAIN_ROWS, demo_config, load_movie_reviews, stratified_sample
+    from textclassify.train.demo_assets import fetch_demo_assets, minilm_path
 
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
-    paths = DemoPaths(ROOT)
-    if not paths.corpus.is_file():
-        print(f"the demo corpus is not at {paths.corpus}: run `make demo` once first", file=sys.stderr)
-        return 2
+    paths = fetch_demo_assets(ROOT)  # the GGUF and the corpus, as `make demo` fetches them (once)
     train, test = stratified_sample(load_movie_reviews(paths.corpus), TRAIN_ROWS, TEST_ROWS)
     work = Path(tempfile.mkdtemp(prefix="stage1-cost-"))
     fixed = demo_config(minilm_path(), output_dir=str(work / "fixed"), cache_dir=str(work / "cache"))
