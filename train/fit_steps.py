@@ -193,7 +193,7 @@ def choose_combiner(cfg: dict[str, Any], prep: Prepared, llm: LLMScores, comp: C
 
 def tune_thresholds(cfg: dict[str, Any], prep: Prepared, comb: Combiner) -> list[float] | None:
     """Multi-label: per-label thresholds tuned on the chosen combiner's cross-fitted predictions, each kept only
-    where it beats 0.5 out of sample (train.thresholds.choose_thresholds)."""
+    where it beats 0.5 out of sample, overall and in most folds (train.thresholds.choose_thresholds)."""
     if not prep.multi:
         return None
     from textclassify.train.thresholds import choose_thresholds
