@@ -58,6 +58,23 @@ def _objective_score(pred: np.ndarray, truth: np.ndarray, objective: str) -> np.
     return np.array([float((pred == truth).all(axis=1).mean())])
 
 
+def fold_gains(probabilities: np.ndarray, targets: np.ndarray, objective: str = "macro_f1", *, folds: int = 5,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-sample gain of tuned thresholds over 0.5, fold by fold (tune on the other folds, score on this
+    one): fold sizes [folds] and gains [folds, labels] (macro_f1) or [folds, 1] (subset_accuracy)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(targets).astype(bool)
+    order = np.random.default_rng(seed).permutation(len(p))
+    sizes, gains = [], []
+    for test in np.array_split(order, folds):
+        train = np.setdiff1d(order, test)
+        thr = np.asarray(tune_thresholds(p[train], y[train], objective))
+        sizes.append(len(test))
+        gains.append(_objective_score(p[test] >= thr, y[test], objective)
+                     - _objective_score(p[test] >= 0.5, y[test], objective))
+    return np.asarray(sizes), np.asarray(gains)
+
+
 def choose_thresholds(probabilities: np.ndarray, targets: np.ndarray, objective: str = "macro_f1", *,
                       folds: int = 5, seed: int = 0) -> list[float]:
     """tune_thresholds, keeping a tuned threshold only where it beats 0.5 out of sample, on the whole and in
@@ -69,17 +86,8 @@ def choose_thresholds(probabilities: np.ndarray, targets: np.ndarray, objective:
     tuned = tune_thresholds(p, y, objective)
     if n < folds:
         return [0.5] * n_labels
-    order = np.random.default_rng(seed).permutation(n)
-    gain = np.zeros(n_labels if objective == "macro_f1" else 1)
-    wins = np.zeros(gain.shape, dtype=np.int64)
-    for test in np.array_split(order, folds):
-        train = np.setdiff1d(order, test)
-        thr = np.asarray(tune_thresholds(p[train], y[train], objective))
-        fold_gain = (_objective_score(p[test] >= thr, y[test], objective)
-                     - _objective_score(p[test] >= 0.5, y[test], objective))
-        gain += len(test) * fold_gain
-        wins += fold_gain > 1e-12
-    keep = (gain > 1e-12) & (2 * wins > folds)
+    sizes, gains = fold_gains(p, y, objective, folds=folds, seed=seed)
+    keep = ((sizes[:, None] * gains).sum(axis=0) > 1e-12) & (2 * (gains > 1e-12).sum(axis=0) > folds)
     if objective != "macro_f1":
         keep = np.repeat(keep, n_labels)
     return [float(t) if k else 0.5 for t, k in zip(tuned, keep)]
