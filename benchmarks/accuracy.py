@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--llm-acc", type=float, nargs="+", default=[0.60, 0.75], help="simulated LLM accuracies")
     parser.add_argument("--n-test", type=int, default=600)
-    parser.add_argument("--multi-label-n", type=int, default=600, 
+    parser.add_argument("--multi-label-n", type=int, default=300,
                         help="training texts of the multi-label case (0: skip)")
     parser.add_argument("--multi-label-llm", choices=("simulated", "keywords"), default="simulated",
                         help="multi-label LLM: the simulated one at each --llm-acc, or the fixtures' keyword reader")
