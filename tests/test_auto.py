@@ -42,12 +42,33 @@ def fitted_multiclass(server, tiny_roberta_dir, tmp_path_factory):
     return clf, tmp, server.requests - before
 
 
-def test_fit_scores_only_fusion_split_and_eval(fitted_multiclass):
-    """Training asks the LLM about the fusion split and the evaluation data only."""
+def test_fit_scores_only_fusion_rows_and_eval(fitted_multiclass):
+    """Training asks the LLM about the combiners' rows (the fusion split and stage 1's validation rows) and the
+    evaluation data only."""
     clf, _, requests = fitted_multiclass
     splits = clf.metadata_["splits"]
     assert requests == splits["fusion"] + 300
-    assert 230 <= splits["fusion"] <= 250
+    assert 230 <= splits["fusion_split"] <= 250
+    assert splits["fusion"] == splits["fusion_split"] + splits["stage1_val"]
+    assert splits["stage1_train"] + splits["fusion"] == 600
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_combiner_rows_never_include_a_row_the_encoder_or_lexical_base_trains_on(multi_label, server,
+                                                                                 tiny_roberta_dir, tmp_path):
+    """The combiners learn on out-of-sample rows only: the fusion split and stage 1's validation rows, none of
+    stage 1's training rows (which the encoder fits and the lexical model's folds all read); together, every row."""
+    from textclassify.train.config import validate_config
+
+    clf = AutoFusionClassifier(make_config(server, tiny_roberta_dir, tmp_path, multi_label))
+    prep = clf._prepare_data(tickets_frame(400, seed=3, multi_label=multi_label), None,
+                             validate_config(clf.config))
+    splits, fusion, base = prep.splits, prep.fusion_idx, prep.stage1_train_idx
+    assert sorted(fusion.tolist()) == sorted(np.concatenate([splits.stage1_val, splits.fusion_train,
+                                                             splits.fusion_val]).tolist())
+    assert np.array_equal(np.sort(base), np.sort(splits.stage1_train))
+    assert not set(fusion.tolist()) & set(base.tolist())
+    assert sorted(fusion.tolist() + base.tolist()) == list(range(400))
 
 
 def test_fit_reports_every_model_side_by_side(fitted_multiclass):

@@ -58,8 +58,8 @@ class AutoFusionClassifier:
 
     # ----------------------------------------------------------------------------------- fit
     def fit(self, data: Any, eval_data: Any = None, *, progress: bool = True) -> AutoFusionClassifier:
-        """Train on a DataFrame (or TrainingData); metrics on `eval_data` if given, else on the
-        cross-fitted fusion split."""
+        """Train on a DataFrame (or TrainingData); metrics on `eval_data` if given, else cross-fitted on the
+        fusion split and stage 1's validation rows."""
         cfg = validate_config(self.config)
         # Where the results go is checked before any work: a file at output_dir failed after the whole run.
         check_output_dir(cfg["output_dir"], "output_dir", files=["metrics.json"], folders=["report"])
@@ -111,10 +111,13 @@ class AutoFusionClassifier:
         targets = encode_targets(train.labels, labels, multi)
         splits = make_splits(targets, multi, cfg["fusion_split"], cfg["ml"]["val_split"], cfg["fusion"]["val_split"],
                              cfg["seed"], len(labels))
-        fusion_idx = np.concatenate([splits.fusion_train, splits.fusion_val])
-        stage1_idx = np.concatenate([splits.stage1_train, splits.stage1_val])
+        # The combiners learn on the fusion split and on stage 1's validation rows: the encoder never trains on
+        # those (they only pick where its training stops), so its logits for them are out-of-sample as well, and
+        # they give the combiners 40% more rows to be chosen and fitted on (benchmarks/README.md).
+        fusion_idx = np.concatenate([splits.stage1_val, splits.fusion_train, splits.fusion_val])
         return fit_steps.Prepared(texts=train.texts, targets=targets, labels=labels, multi=multi, splits=splits,
-                                  fusion_idx=fusion_idx, stage1_idx=stage1_idx, evaluation=evaluation)
+                                  fusion_idx=fusion_idx, stage1_train_idx=np.asarray(splits.stage1_train),
+                                  evaluation=evaluation)
 
     def _set_predictor_state(self, *, config: dict[str, Any], labels: list[str], multi: bool,
                              thresholds: Sequence[float] | None, max_length: int, encoder: Any, tokenizer: Any,
@@ -147,14 +150,16 @@ class AutoFusionClassifier:
         self.metadata_ = {
             "metrics": held.metrics,
             "held_out": ("eval_data" if prep.evaluation is not None
-                         else f"fusion split, {choice.folds}-fold cross-fitted (no model saw its own rows)"),
+                         else f"fusion split and stage 1's validation rows, {choice.folds}-fold cross-fitted "
+                              "(no model saw its own rows)"),
             "n_held_out": len(held.texts),
             "calibration": calibration_report(held.raw, held.calibrated, held.targets, prep.multi),
             "llm_usage": dict(scorer.usage),
             "cost": fit_steps.cost_report(scorer, cfg, llm.usage_training, llm.usage_evaluation, gate),
             "llm_score_method": scorer.score_method,
             "splits": {"stage1_train": int(len(splits.stage1_train)), "stage1_val": int(len(splits.stage1_val)),
-                       "fusion": int(len(prep.fusion_idx))},
+                       "fusion_split": int(len(splits.fusion_train) + len(splits.fusion_val)),
+                       "fusion": int(len(prep.fusion_idx))},  # the rows the combiners learn on: LLM-scored
             "history": {"stage1": stage1.history.to_dict()},
             "stage1": stage1.schedule,
             "combiner": {"chosen": choice.name, "folds": choice.folds, "cv_table": choice.table(),

@@ -62,7 +62,8 @@ _FROZEN = ("fit has no joint fine-tuning of the encoder: every combiner is fitte
            "logits, so the cross-fitted comparison that picks it sees the rows as they will be served")
 NOT_USED_BY_FIT: dict[str, str] = {
     "fusion.ml_lr": _FROZEN, "fusion.num_epochs": _FROZEN, "fusion.early_stopping_patience": _FROZEN,
-    "fusion.val_split": "the combiner is chosen by k-fold cross-fitting over the whole fusion split (fusion.cv_folds)",
+    "fusion.val_split": ("the combiner is chosen by k-fold cross-fitting over the whole fusion split and stage 1's "
+                         "validation rows (fusion.cv_folds)"),
 }
 
 

@@ -27,8 +27,9 @@ class Prepared:
     labels: list[str]
     multi: bool
     splits: Any
-    fusion_idx: np.ndarray
-    stage1_idx: np.ndarray
+    fusion_idx: np.ndarray  # the fusion rows, what the combiners learn on: the fusion split and stage 1's
+    # validation rows, both out-of-sample for the encoder
+    stage1_train_idx: np.ndarray  # what the encoder trains on; the lexical model's cross-fitting base
     evaluation: TrainingData | None
 
     def pick(self, idx: Sequence[int]) -> list[str]:
@@ -62,7 +63,7 @@ class Stage1:
 
 @dataclass
 class Components:
-    """Out-of-sample component logits for the fusion split and eval_data, and the folds they share."""
+    """Out-of-sample component logits for the fusion rows and eval_data, and the folds they share."""
 
     ml_fusion: np.ndarray
     ml_eval: np.ndarray | None
@@ -109,7 +110,7 @@ def cost_report(scorer: Any, cfg: dict[str, Any], training: dict[str, Any], eval
 
 
 def score_llm(scorer: Any, prep: Prepared, progress: bool) -> LLMScores:
-    """Raw LLM scores for the fusion split (and eval_data), with the usage of each."""
+    """Raw LLM scores for the fusion rows (and eval_data), with the usage of each."""
     usage_start = dict(scorer.usage)
     raw_fusion = scorer.score(prep.fusion_texts, progress=progress)
     usage_training = usage_delta(scorer.usage, usage_start)
@@ -142,8 +143,8 @@ def fit_stage1(cfg: dict[str, Any], prep: Prepared, progress: bool) -> Stage1:
 
 
 def fit_lexical(cfg: dict[str, Any], prep: Prepared, stage1: Stage1) -> Components:
-    """Out-of-sample component logits for the fusion split (and eval_data): the encoder's, and the
-    cross-fitted lexical model's unless `lexical` is off. Stage 1 never saw these texts."""
+    """Out-of-sample component logits for the fusion rows (and eval_data): the encoder's, and the
+    cross-fitted lexical model's unless `lexical` is off. Stage 1 never trained on these texts."""
     from textclassify.train.crossfit import make_folds
     from textclassify.train.encoder import encoder_logits
 
@@ -157,8 +158,9 @@ def fit_lexical(cfg: dict[str, Any], prep: Prepared, stage1: Stage1) -> Componen
     if cfg["lexical"] != "off":
         from textclassify.train.lexical import cross_fitted_lexical
 
-        lex_fusion, lexical = cross_fitted_lexical(prep.pick(prep.stage1_idx), prep.targets[prep.stage1_idx],
-                                                   prep.fusion_texts, prep.fusion_targets, folds,
+        base = prep.stage1_train_idx
+        lex_fusion, lexical = cross_fitted_lexical(prep.pick(base), prep.targets[base], prep.fusion_texts,
+                                                   prep.fusion_targets, folds,
                                                    multi_label=prep.multi, n_labels=len(prep.labels),
                                                    seed=cfg["seed"])
         lex_eval = lexical.logits(evaluation.texts) if evaluation is not None else None
@@ -166,7 +168,7 @@ def fit_lexical(cfg: dict[str, Any], prep: Prepared, stage1: Stage1) -> Componen
 
 
 def choose_combiner(cfg: dict[str, Any], prep: Prepared, llm: LLMScores, comp: Components) -> Combiner:
-    """The combiner chosen by k-fold cross-fitting, refitted on the whole fusion split, with the calibrator and
+    """The combiner chosen by k-fold cross-fitting, refitted on all the fusion rows, with the calibrator and
     the stacker baseline reported beside it."""
     from textclassify.train.calibration import fit_calibrator
     from textclassify.train.crossfit import choose_combiner, fit_combiner
@@ -215,7 +217,7 @@ def choose_gate(cfg: dict[str, Any], chosen: Any, fusion_targets: np.ndarray, mu
                                  logits_to_probabilities(chosen.oof_logits, multi), fusion_targets, multi,
                                  thresholds, enabled=settings["enabled"],
                                  max_accuracy_loss=settings["max_accuracy_loss"],
-                                 llm_fraction=settings["llm_fraction"], source="cross-fitted fusion split")
+                                 llm_fraction=settings["llm_fraction"], source="cross-fitted fusion rows")
     gate["held_out"] = held_out_report(gate["threshold"], held["fused_no_llm"], held["fused"], held_targets,
                                        multi, thresholds)
     return gate
@@ -223,7 +225,7 @@ def choose_gate(cfg: dict[str, Any], chosen: Any, fusion_targets: np.ndarray, mu
 
 def evaluate(prep: Prepared, llm: LLMScores, comp: Components, comb: Combiner,
               thresholds: Sequence[float] | None) -> HeldOut:
-    """Held-out metrics for every model side by side: on eval_data, else the cross-fitted fusion split."""
+    """Held-out metrics for every model side by side: on eval_data, else the cross-fitted fusion rows."""
     from textclassify.train.combiners import head_logits
 
     multi, labels, evaluation = prep.multi, prep.labels, prep.evaluation

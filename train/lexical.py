@@ -143,8 +143,9 @@ def cross_fitted_lexical(base_texts: Sequence[str], base_targets: np.ndarray, fu
                          n_labels: int, seed: int) -> tuple[np.ndarray, LexicalModel]:
     """Out-of-fold lexical logits for the fusion split, and the model fitted on everything.
 
-    Each fold's model learns from the stage-1 texts and the other folds, never from the fold it
-    predicts. The regularisation strength is chosen once, on the stage-1 texts alone.
+    Each fold's model learns from the base texts (stage 1's training rows) and the other folds, never
+    from the fold it predicts; a text must not be in both. The regularisation strength is chosen once,
+    on the base texts alone.
     """
     c = LexicalModel(multi_label=multi_label, n_labels=n_labels, seed=seed).fit(base_texts, base_targets).c
     fusion_texts = list(fusion_texts)

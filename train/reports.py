@@ -346,7 +346,7 @@ def format_combiner(combiner: Mapping[str, Any]) -> list[str]:
     if not table:
         return []
     lines = ["", f"Combiner serving: {combiner.get('chosen')} (lowest {combiner.get('folds', '?')}-fold cross-fitted "
-                 f"log-loss on the fusion split; a tie goes to the simpler); lexical component: "
+                 f"log-loss on the fusion rows; a tie goes to the simpler); lexical component: "
                  f"{combiner.get('lexical', '?')}"]
     width = max(len(r["combiner"]) for r in table) + 2
     lines.append(f"  {'combiner':<{width}}{'log-loss':>9}  {'accuracy':>8}  {'macro-F1':>8}")
