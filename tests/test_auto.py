@@ -43,7 +43,7 @@ def fitted_multiclass(server, tiny_roberta_dir, tmp_path_factory):
 
 
 def test_fit_scores_only_fusion_rows_and_eval(fitted_multiclass):
-    """Training asks the LLM about the combiners' rows (the fusion split and stage 1's validation rows) and the
+    """Training asks the LLM about the fusion rows (the fusion split and stage 1's validation rows) and the
     evaluation data only."""
     clf, _, requests = fitted_multiclass
     splits = clf.metadata_["splits"]
@@ -54,10 +54,11 @@ def test_fit_scores_only_fusion_rows_and_eval(fitted_multiclass):
 
 
 @pytest.mark.parametrize("multi_label", [False, True])
-def test_combiner_rows_never_include_a_row_the_encoder_or_lexical_base_trains_on(multi_label, server,
-                                                                                 tiny_roberta_dir, tmp_path):
-    """The combiners learn on out-of-sample rows only: the fusion split and stage 1's validation rows, none of
-    stage 1's training rows (which the encoder fits and the lexical model's folds all read); together, every row."""
+def test_fusion_rows_never_include_a_row_the_encoder_or_lexical_base_trains_on(multi_label, server,
+                                                                               tiny_roberta_dir, tmp_path):
+    """The combiners learn on the fusion rows, out-of-sample ones only: the fusion split and stage 1's validation
+    rows, none of stage 1's training rows (which the encoder fits and every lexical fold reads); together, every
+    row."""
     from textclassify.train.config import validate_config
 
     clf = AutoFusionClassifier(make_config(server, tiny_roberta_dir, tmp_path, multi_label))
