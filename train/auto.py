@@ -111,12 +111,8 @@ class AutoFusionClassifier:
         targets = encode_targets(train.labels, labels, multi)
         splits = make_splits(targets, multi, cfg["fusion_split"], cfg["ml"]["val_split"], cfg["fusion"]["val_split"],
                              cfg["seed"], len(labels))
-        # The combiners learn on the fusion split and on stage 1's validation rows: the encoder never trains on
-        # those (they only pick where its training stops), so its logits for them are out-of-sample as well, and
-        # they give the combiners 40% more rows to be chosen and fitted on (benchmarks/README.md).
-        fusion_idx = np.concatenate([splits.stage1_val, splits.fusion_train, splits.fusion_val])
         return fit_steps.Prepared(texts=train.texts, targets=targets, labels=labels, multi=multi, splits=splits,
-                                  fusion_idx=fusion_idx, stage1_train_idx=np.asarray(splits.stage1_train),
+                                  fusion_idx=splits.fusion_rows, stage1_train_idx=splits.stage1_train,
                                   evaluation=evaluation)
 
     def _set_predictor_state(self, *, config: dict[str, Any], labels: list[str], multi: bool,
