@@ -128,6 +128,7 @@ SPEC: dict[str, tuple[Any, Any]] = {
     "gate.llm_fraction": ((lambda v: v is None or float_in(0, 1, False, False)[0](v)),
                           st.none() | float_in(0, 1, False, False)[1]),
     "fusion.cv_folds": int_in(2, 20),
+    "fusion.cv_repeats": int_in(1, 20),
     "fusion.threshold_objective": choice(["macro_f1", "subset_accuracy"]),
 }
 PATHS = sorted(SPEC)

@@ -158,7 +158,8 @@ class AutoFusionClassifier:
                        "fusion": int(len(prep.fusion_idx))},  # the rows the combiners learn on: LLM-scored
             "history": {"stage1": stage1.history.to_dict()},
             "stage1": stage1.schedule,
-            "combiner": {"chosen": choice.name, "folds": choice.folds, "cv_table": choice.table(),
+            "combiner": {"chosen": choice.name, "folds": choice.folds, "repeats": choice.repeats,
+                         "cv_table": choice.table(),
                          "lexical": "served" if comb.lexical is not None else (
                              "off" if cfg["lexical"] == "off" else "not kept (cross-fitting)"),
                          "thresholds": thresholds, "threshold_objective": cfg["fusion"]["threshold_objective"]},

@@ -45,7 +45,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "fusion": {
         "hidden_dims": [64, 32], "dropout": 0.1, "ml_lr": 1e-5, "fusion_lr": 1e-3,
         "num_epochs": 10, "batch_size": 16, "warmup_epochs": 200, "val_split": 0.25,
-        "early_stopping_patience": 3, "cv_folds": 5, "threshold_objective": "macro_f1",
+        "early_stopping_patience": 3, "cv_folds": 5, "cv_repeats": 3, "threshold_objective": "macro_f1",
         "llm_dropout": 0.25,  # share of training rows that see no LLM scores (llm_present = 0)
     },
     # The cascade: rows whose no-LLM answer is confident enough skip the LLM. `gate: off` disables it.
@@ -159,6 +159,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "gate.max_accuracy_loss": (_float_in(0, 1, lo_open=False), "a float in [0, 1]"),
     "gate.llm_fraction": (lambda v: v is None or _float_in(0, 1, lo_open=False)(v), "null or a float in [0, 1]"),
     "fusion.cv_folds": (lambda v: is_int(v) and 2 <= v <= 20, "an integer in [2, 20]"),
+    "fusion.cv_repeats": (lambda v: is_int(v) and 1 <= v <= 20, "an integer in [1, 20]"),
     "fusion.threshold_objective": (_choice(("macro_f1", "subset_accuracy")), "one of ['macro_f1', 'subset_accuracy']"),
 }
 

@@ -4,7 +4,8 @@ Every row of the fusion split gets predictions from models that never saw its la
 (the fusion MLP, the logistic-regression stacker, each component alone) are compared on the same
 folds by log-loss, the best is kept (a tie goes to the simpler), then refitted on the whole split.
 Choosing on a 60-text fusion-val slice, as before, picked the wrong model often enough to ship a
-fused model below the stacker.
+fused model below the stacker. The k-fold comparison is repeated over a few random splits and the
+log-losses averaged: on 84 rows one split's luck decided between near-tied candidates.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 TIE_TOLERANCE = 0.002  # CV log-loss differences below this are a tie (the simpler combiner wins)
+REPEAT_SEED_STRIDE = 1000  # split r > 0 of a repeated cross-fitting draws its folds and models from seed + r * this
 
 
 def make_folds(targets: np.ndarray, k: int, seed: int, multi_label: bool) -> list[np.ndarray]:
@@ -73,18 +75,32 @@ class CVResult:
     complexity: int
     oof_logits: np.ndarray
     oof_no_llm_logits: np.ndarray | None
-    log_loss: float
+    log_loss: float  # mean over the repeated splits
     accuracy: float
     macro_f1: float
     extra: dict[str, Any] = field(default_factory=dict)
+    split_log_losses: list[float] = field(default_factory=list)  # one per split; [0] is the oof_logits' split
 
     @property
     def kind(self) -> str:
         return CANDIDATES[self.name][2] if self.name in CANDIDATES else "other"
 
     def row(self) -> dict[str, Any]:
-        return {"combiner": self.name, "cv_log_loss": round(self.log_loss, 5), "cv_accuracy": round(self.accuracy, 5),
-                "cv_macro_f1": round(self.macro_f1, 5)}
+        row = {"combiner": self.name, "cv_log_loss": round(self.log_loss, 5), "cv_accuracy": round(self.accuracy, 5),
+               "cv_macro_f1": round(self.macro_f1, 5)}
+        if len(self.split_log_losses) > 1:
+            row["cv_log_loss_sd"] = round(float(np.std(self.split_log_losses)), 5)  # across the repeated splits
+        return row
+
+
+def average_over_splits(splits: Sequence[CVResult]) -> CVResult:
+    """One candidate's results on several fold splits: scores averaged, predictions of the first split kept
+    (the thresholds, the gate and the held-out report read those, with the folds they came from)."""
+    first = splits[0]
+    return CVResult(first.name, first.complexity, first.oof_logits, first.oof_no_llm_logits,
+                    float(np.mean([r.log_loss for r in splits])), float(np.mean([r.accuracy for r in splits])),
+                    float(np.mean([r.macro_f1 for r in splits])), dict(first.extra),
+                    [r.log_loss for r in splits])
 
 
 def score_logits(name: str, complexity: int, logits: np.ndarray, no_llm: np.ndarray | None, targets: np.ndarray,
@@ -191,6 +207,7 @@ class CombinerChoice:
     results: list[CVResult]
     folds: int
     oof_calibrated: np.ndarray | None = None  # the LLM scores each row got from its fold's calibrator
+    repeats: int = 1  # fold splits the log-losses are averaged over
 
     def table(self) -> list[dict[str, Any]]:
         return [{**r.row(), "chosen": r.name == self.name} for r in self.results]
@@ -201,16 +218,40 @@ class CombinerChoice:
 
 def choose_combiner(ml: np.ndarray, lexical: np.ndarray | None, raw_llm: np.ndarray, targets: np.ndarray, *,
                     folds: Sequence[np.ndarray], multi_label: bool, labels: Sequence[str], fusion: dict[str, Any],
-                    lexical_mode: str, seed: int, calibrator_factory: Callable[[np.ndarray, np.ndarray], Any]
-                    ) -> CombinerChoice:
+                    lexical_mode: str, seed: int, calibrator_factory: Callable[[np.ndarray, np.ndarray], Any],
+                    repeats: int = 1) -> CombinerChoice:
     """Compare every candidate on the same folds (calibrator fitted inside each fold), keep the best, refit it.
 
+    With `repeats` > 1 the comparison runs again on repeats - 1 further random splits into as many folds, and each
+    candidate's log-loss is its mean over the splits; the out-of-fold predictions kept are those of `folds`.
     `ml` and `lexical` must already be out-of-sample for every row (stage-1 logits; cross-fitted lexical).
     """
+    names = candidate_names(lexical is not None, lexical_mode)
+    per_split: list[list[CVResult]] = []
+    oof_cal = None
+    for r in range(max(1, int(repeats))):
+        split_seed = seed + r * REPEAT_SEED_STRIDE
+        split = folds if r == 0 else make_folds(targets, len(folds), split_seed, multi_label)
+        results, cal = _cross_fit_split(names, ml, lexical, raw_llm, targets, folds=split, multi_label=multi_label,
+                                        labels=labels, fusion=fusion, seed=split_seed,
+                                        calibrator_factory=calibrator_factory)
+        per_split.append(results)
+        oof_cal = cal if oof_cal is None else oof_cal
+    results = [average_over_splits([split[i] for split in per_split]) for i in range(len(names))]
+    best = choose(results)
+    log.info("combiner chosen by %d-fold cross-fitting over %d split(s): %s (log-loss %.4f)", len(folds),
+             len(per_split), best.name, best.log_loss)
+    return CombinerChoice(best.name, None, results, len(folds), oof_cal, len(per_split))
+
+
+def _cross_fit_split(names: Sequence[str], ml: np.ndarray, lexical: np.ndarray | None, raw_llm: np.ndarray,
+                     targets: np.ndarray, *, folds: Sequence[np.ndarray], multi_label: bool, labels: Sequence[str],
+                     fusion: dict[str, Any], seed: int, calibrator_factory: Callable[[np.ndarray, np.ndarray], Any]
+                     ) -> tuple[list[CVResult], np.ndarray]:
+    """Every candidate's out-of-fold predictions and scores on one split, and the out-of-fold calibrated scores."""
     from textclassify.train.combiners import head_logits
 
     n = len(targets)
-    names = candidate_names(lexical is not None, lexical_mode)
     oof = {name: np.zeros((n, ml.shape[1]), dtype=np.float32) for name in names}
     oof_no = {name: np.zeros((n, ml.shape[1]), dtype=np.float32) for name in names}
     oof_cal = np.zeros(raw_llm.shape, dtype=np.float32)
@@ -228,6 +269,4 @@ def choose_combiner(ml: np.ndarray, lexical: np.ndarray | None, raw_llm: np.ndar
             oof_no[name][test] = head_logits(head, ml[test], lex_te, None)
     results = [score_logits(name, CANDIDATES[name][0], oof[name], oof_no[name], targets, multi_label, labels)
                for name in names]
-    best = choose(results)
-    log.info("combiner chosen by %d-fold cross-fitting: %s (log-loss %.4f)", len(folds), best.name, best.log_loss)
-    return CombinerChoice(best.name, None, results, len(folds), oof_cal)
+    return results, oof_cal

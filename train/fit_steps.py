@@ -176,7 +176,8 @@ def choose_combiner(cfg: dict[str, Any], prep: Prepared, llm: LLMScores, comp: C
     multi, targets, raw = prep.multi, prep.fusion_targets, llm.raw_fusion
     choice = choose_combiner(comp.ml_fusion, comp.lex_fusion, raw, targets, folds=comp.folds, multi_label=multi,
                              labels=prep.labels, fusion=cfg["fusion"], lexical_mode=cfg["lexical"],
-                             seed=cfg["seed"], calibrator_factory=lambda r, y: fit_calibrator(r, y, multi))
+                             seed=cfg["seed"], calibrator_factory=lambda r, y: fit_calibrator(r, y, multi),
+                             repeats=cfg["fusion"]["cv_repeats"])
     calibrator = fit_calibrator(raw, targets, multi)
     cal_fusion = calibrator.transform(raw)
     head = fit_combiner(choice.name, comp.ml_fusion, comp.lex_fusion, cal_fusion, targets, multi_label=multi,

@@ -345,8 +345,10 @@ def format_combiner(combiner: Mapping[str, Any]) -> list[str]:
     table = combiner.get("cv_table") or []
     if not table:
         return []
+    repeats = int(combiner.get("repeats", 1))
+    over = f", mean over {repeats} random splits" if repeats > 1 else ""
     lines = ["", f"Combiner serving: {combiner.get('chosen')} (lowest {combiner.get('folds', '?')}-fold cross-fitted "
-                 f"log-loss on the fusion rows; a tie goes to the simpler); lexical component: "
+                 f"log-loss on the fusion rows{over}; a tie goes to the simpler); lexical component: "
                  f"{combiner.get('lexical', '?')}"]
     width = max(len(r["combiner"]) for r in table) + 2
     lines.append(f"  {'combiner':<{width}}{'log-loss':>9}  {'accuracy':>8}  {'macro-F1':>8}")
