@@ -13,6 +13,7 @@ from textclassify import AutoFusionClassifier
 from textclassify.runtime.decoding import decide
 from textclassify.runtime.errors import DataError, NotFittedError
 from textclassify.runtime.metrics import classification_metrics
+from textclassify.train.config import DEFAULT_CONFIG
 
 
 def tickets_frame(n: int, seed: int, multi_label: bool) -> pd.DataFrame:
@@ -87,6 +88,8 @@ def test_fit_reports_every_model_side_by_side(fitted_multiclass):
                                               "stacker+lexical", "mlp", "mlp+lexical"}
     chosen = [r for r in table if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["combiner"] == on_disk["combiner"]["chosen"] == clf.combiner_
+    assert on_disk["combiner"]["repeats"] == DEFAULT_CONFIG["fusion"]["cv_repeats"] > 1
+    assert all(len(r) == 5 or "cv_log_loss_sd" in r for r in table)  # an sd where the splits were repeated
     assert chosen[0]["cv_log_loss"] <= min(r["cv_log_loss"] for r in table) + 0.002
 
 
@@ -191,7 +194,8 @@ def test_fit_writes_the_report(fitted_multiclass):
     assert {"metrics.json", "summary.txt", "confusion_matrix_fused.png", "confusion_matrix_ml.png",
             "reliability_llm.png", "training_curves.png"} <= names
     summary = (tmp / "out" / "report" / "summary.txt").read_text()
-    assert f"Combiner serving: {clf.combiner_} (lowest 5-fold cross-fitted log-loss" in summary
+    assert (f"Combiner serving: {clf.combiner_} (lowest 5-fold cross-fitted log-loss on the fusion rows, mean of 3 "
+            "random splits;") in summary
     assert summary.count("<- serves") == 1 and "Stage 1: lr 0.001 (user)" in summary
     report = json.loads((tmp / "out" / "report" / "metrics.json").read_text())
     assert report["combiner"]["chosen"] == clf.combiner_ and len(report["combiner"]["cv_table"]) == 9

@@ -121,3 +121,35 @@ def test_choose_combiner_out_of_fold_logits_ignore_the_folds_own_labels(multi_la
     moved = [b.name for b, a in zip(before.results, after.results)
              if not np.array_equal(b.oof_logits[folds[1]], a.oof_logits[folds[1]])]
     assert moved, "the other folds' models learn from fold 0's labels"
+
+
+def test_repeated_cross_fitting_averages_the_splits_and_keeps_the_first_splits_predictions(one_torch_thread):
+    """cv_repeats: each candidate's log-loss is its mean over the random splits (the first one being `folds`),
+    the choice reads that mean, and the out-of-fold predictions kept are the first split's, bit for bit."""
+    from textclassify.train.crossfit import choose
+
+    n = 90
+    rng = np.random.default_rng(11)
+    y = balanced_labels(n, 11)
+    ml = (np.eye(N_LABELS)[y] + rng.normal(0, 1.2, (n, N_LABELS))).astype(np.float32)
+    lexical = (np.eye(N_LABELS)[y] + rng.normal(0, 1.5, (n, N_LABELS))).astype(np.float32)
+    raw = rng.dirichlet(np.ones(N_LABELS), n).astype(np.float32)
+    folds = make_folds(y, 3, seed=4, multi_label=False)
+
+    def run(repeats: int):
+        return choose_combiner(ml, lexical, raw, y, folds=folds, multi_label=False, labels=["a", "b", "c"],
+                               fusion=FUSION, lexical_mode="auto", seed=0, repeats=repeats,
+                               calibrator_factory=lambda r, t: fit_calibrator(r, t, False))
+
+    one, three = run(1), run(3)
+    assert one.repeats == 1 and three.repeats == 3
+    for a, b in zip(one.results, three.results):
+        assert len(b.split_log_losses) == 3 and b.split_log_losses[0] == a.log_loss, b.name
+        assert b.log_loss == pytest.approx(np.mean(b.split_log_losses)), b.name
+        np.testing.assert_array_equal(a.oof_logits, b.oof_logits, err_msg=b.name)
+        np.testing.assert_array_equal(a.oof_no_llm_logits, b.oof_no_llm_logits, err_msg=b.name)
+    np.testing.assert_array_equal(one.oof_calibrated, three.oof_calibrated)
+    # The later splits are other folds: the parts alone (no fitting noise) score differently on them.
+    assert len(set(three.result("lexical").split_log_losses)) == 3
+    assert three.name == choose(three.results).name
+    assert "cv_log_loss_sd" in three.table()[0] and "cv_log_loss_sd" not in one.table()[0]

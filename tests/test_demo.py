@@ -121,3 +121,6 @@ def test_format_report_shows_the_combiner_that_serves_and_its_cv_table():
     assert "  stage 1: lr 0.0001 (user), 100 of 100 steps (user length)" in text
     assert "  combiners compared by cross-fitting         12.0 s" in text
     assert "Best single part: the lexical model (0.550); fused 0.580 (+0.030)." in text
+    run.combiner["repeats"] = 3
+    assert ("Combiner serving: stacker+lexical (lowest 5-fold cross-fitted log-loss on the fusion rows, mean of 3 "
+            "random splits; lexical component: served)") in demo.format_report(run)

@@ -114,6 +114,12 @@ def score_logits(name: str, complexity: int, logits: np.ndarray, no_llm: np.ndar
                     float(m["macro_f1"]))
 
 
+def repeats_note(repeats: Any) -> str:
+    """', mean of 3 random splits' where the cross-fitting was repeated, else '': for the CV table's header."""
+    repeats = int(repeats or 1)
+    return f", mean of {repeats} random splits" if repeats > 1 else ""
+
+
 def choose(results: Sequence[CVResult]) -> CVResult:
     """Lowest CV log-loss; candidates within TIE_TOLERANCE of it go to the simplest."""
     best = min(r.log_loss for r in results)

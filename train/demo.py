@@ -20,6 +20,7 @@ from typing import Any
 
 from textclassify.runtime.errors import DataError, TextClassifyError
 from textclassify.train.auto import AutoFusionClassifier
+from textclassify.train.crossfit import repeats_note
 from textclassify.train.demo_assets import FETCH_COMMAND, DemoPaths, minilm_path
 
 OUTPUT_DIR = "demo_output"
@@ -237,7 +238,8 @@ def combiner_lines(combiner: Mapping[str, Any], stage1: str = "") -> list[str]:
     if not table:
         return []
     out = ["", f"Combiner serving: {combiner.get('chosen')} (lowest {combiner.get('folds')}-fold cross-fitted log-loss "
-               f"on the fusion rows; lexical component: {combiner.get('lexical')})",
+               f"on the fusion rows{repeats_note(combiner.get('repeats'))}; lexical component: "
+               f"{combiner.get('lexical')})",
            f"  {'candidate':<26}{'CV log-loss':>12}{'CV accuracy':>12}{'CV macro-F1':>12}"]
     for row in table:
         mark = "  <- serves" if row.get("chosen") else ""

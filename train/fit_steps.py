@@ -171,7 +171,7 @@ def choose_combiner(cfg: dict[str, Any], prep: Prepared, llm: LLMScores, comp: C
     """The combiner chosen by k-fold cross-fitting, refitted on all the fusion rows, with the calibrator and
     the stacker baseline reported beside it."""
     from textclassify.train.calibration import fit_calibrator
-    from textclassify.train.crossfit import choose_combiner, fit_combiner
+    from textclassify.train.crossfit import choose, choose_combiner, fit_combiner
 
     multi, targets, raw = prep.multi, prep.fusion_targets, llm.raw_fusion
     choice = choose_combiner(comp.ml_fusion, comp.lex_fusion, raw, targets, folds=comp.folds, multi_label=multi,
@@ -186,8 +186,9 @@ def choose_combiner(cfg: dict[str, Any], prep: Prepared, llm: LLMScores, comp: C
     lexical = comp.lexical
     if lexical is not None and not head.has_lexical:
         lexical = None  # cross-fitting said the lexical component does not help: it is not served
-    # The stacker baseline reported beside the fused model: the better (by CV) of the stackers compared.
-    stacker_name = min((r for r in choice.results if r.kind == "stacker"), key=lambda r: r.log_loss).name
+    # The stacker baseline reported beside the fused model: what the same rule serves when only the stackers
+    # compete (lowest CV log-loss, a tie going to the simpler), so a tie never splits the two.
+    stacker_name = choose([r for r in choice.results if r.kind == "stacker"]).name
     stacker = head if stacker_name == choice.name else fit_combiner(
         stacker_name, comp.ml_fusion, comp.lex_fusion, cal_fusion, targets, multi_label=multi,
         fusion=cfg["fusion"], seed=cfg["seed"])

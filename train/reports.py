@@ -23,6 +23,7 @@ from textclassify.runtime.decoding import decide, label_thresholds
 from textclassify.runtime.errors import DataError
 from textclassify.runtime.metrics import classification_metrics, expected_calibration_error, log_loss
 from textclassify.train import persistence
+from textclassify.train.crossfit import repeats_note
 
 REPORT_DIR = "report"
 MODEL_NAMES: dict[str, str] = {
@@ -345,11 +346,9 @@ def format_combiner(combiner: Mapping[str, Any]) -> list[str]:
     table = combiner.get("cv_table") or []
     if not table:
         return []
-    repeats = int(combiner.get("repeats", 1))
-    over = f", mean over {repeats} random splits" if repeats > 1 else ""
     lines = ["", f"Combiner serving: {combiner.get('chosen')} (lowest {combiner.get('folds', '?')}-fold cross-fitted "
-                 f"log-loss on the fusion rows{over}; a tie goes to the simpler); lexical component: "
-                 f"{combiner.get('lexical', '?')}"]
+                 f"log-loss on the fusion rows{repeats_note(combiner.get('repeats'))}; a tie goes to the simpler); "
+                 f"lexical component: {combiner.get('lexical', '?')}"]
     width = max(len(r["combiner"]) for r in table) + 2
     lines.append(f"  {'combiner':<{width}}{'log-loss':>9}  {'accuracy':>8}  {'macro-F1':>8}")
     for r in table:
