@@ -234,7 +234,7 @@ def choose_combiner(ml: np.ndarray, lexical: np.ndarray | None, raw_llm: np.ndar
     """
     names = candidate_names(lexical is not None, lexical_mode)
     per_split: list[list[CVResult]] = []
-    oof_cal = None
+    oof_cal: np.ndarray | None = None  # the first split's, like the out-of-fold logits kept
     for r in range(max(1, int(repeats))):
         split_seed = seed + r * REPEAT_SEED_STRIDE
         split = folds if r == 0 else make_folds(targets, len(folds), split_seed, multi_label)
@@ -242,7 +242,8 @@ def choose_combiner(ml: np.ndarray, lexical: np.ndarray | None, raw_llm: np.ndar
                                         labels=labels, fusion=fusion, seed=split_seed,
                                         calibrator_factory=calibrator_factory)
         per_split.append(results)
-        oof_cal = cal if oof_cal is None else oof_cal
+        if r == 0:
+            oof_cal = cal
     results = [average_over_splits([split[i] for split in per_split]) for i in range(len(names))]
     best = choose(results)
     log.info("combiner chosen by %d-fold cross-fitting over %d split(s): %s (log-loss %.4f)", len(folds),
