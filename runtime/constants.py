@@ -51,6 +51,7 @@ LOGPROBS_MAX_TOKENS = 8  # answer length asked for with score_method logprobs (o
 
 # Embedded local LLM (llm_provider "local"; appended by runtime.llm.local_server)
 LOCAL_GGUF_ENV = "TEXTCLASSIFY_LOCAL_GGUF"  # overrides the default GGUF path
+LOCAL_THREADS_ENV = "TEXTCLASSIFY_LOCAL_THREADS"  # llama.cpp threads of the embedded server (default: half the cores)
 LOCAL_GGUF_DEFAULT = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf"  # under the project root; `make demo` fetches it
 LOCAL_SERVER_START_TIMEOUT_S = 120.0  # model load + first /health answer
 LOCAL_SERVER_CTX = 2048  # context tokens per parallel slot

@@ -175,6 +175,59 @@ def test_env_var_chooses_the_default_gguf(tmp_path, monkeypatch):
     assert ls.local_model_name() == "tiny.gguf"
 
 
+def test_server_threads_default_to_half_the_cores_and_follow_the_env_var(monkeypatch):
+    """Unset: half the cores (1 to 8); $TEXTCLASSIFY_LOCAL_THREADS: exactly that many."""
+    monkeypatch.delenv(K.LOCAL_THREADS_ENV, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert ls._server_threads() == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert ls._server_threads() == 8
+    monkeypatch.setenv(K.LOCAL_THREADS_ENV, " 3 ")
+    assert ls._server_threads() == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_bad_threads_env_var_is_a_config_error_before_anything_loads(tmp_path, monkeypatch, value):
+    """A value that is not a positive integer names the variable and the value; no server is started."""
+    fake = tmp_path / "tiny.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 16)
+    monkeypatch.setenv(K.LOCAL_THREADS_ENV, value)
+    with pytest.raises(ConfigError) as info:
+        ls.ensure_local_server(str(fake))
+    assert str(info.value) == (f"${K.LOCAL_THREADS_ENV} must be a positive integer (the llama.cpp threads of the "
+                               f"local server), got {value!r}.")
+    assert ls.running_local_servers() == {}
+
+
+def test_threads_env_var_reaches_llama_cpp_params(tmp_path, monkeypatch):
+    """The thread count is what llama.cpp is given, for prompt and generation alike (xllamacpp stands in)."""
+    import types
+
+    from textclassify.runtime.errors import LLMError
+
+    seen = {}
+
+    class Cpu:
+        n_threads, poll = 0, 50
+
+    class Params:
+        def __init__(self):
+            self.model, self.cpuparams, self.cpuparams_batch = types.SimpleNamespace(path=""), Cpu(), Cpu()
+
+    def server(params):
+        seen.update(threads=(params.cpuparams.n_threads, params.cpuparams_batch.n_threads),
+                    poll=(params.cpuparams.poll, params.cpuparams_batch.poll))
+        raise RuntimeError("stand-in: not started")
+
+    monkeypatch.setitem(sys.modules, "xllamacpp", types.SimpleNamespace(CommonParams=Params, Server=server))
+    monkeypatch.setenv(K.LOCAL_THREADS_ENV, "2")
+    fake = tmp_path / "tiny.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 16)
+    with pytest.raises(LLMError, match="could not start"):
+        ls.ensure_local_server(str(fake))
+    assert seen == {"threads": (2, 2), "poll": (0, 0)}
+
+
 def test_missing_xllamacpp_names_the_demo_extra(tmp_path, monkeypatch):
     """Without xllamacpp the error names textclassify[demo]."""
     fake = tmp_path / "tiny.gguf"

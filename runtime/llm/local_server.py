@@ -117,11 +117,27 @@ def _wait_healthy(root_url: str, timeout_s: float) -> None:
 
 
 def _server_threads() -> int:
-    """Half the cores, at most 8 (1 on a 2-core machine)."""
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
+    """$TEXTCLASSIFY_LOCAL_THREADS, else half the cores, at most 8 (1 on a 2-core machine).
+
+    Half is the safe default: beside torch training or other work, llama.cpp's threads wait on each other every
+    layer; on 2 cores beside a torch loop, 2 threads scored 0.78 texts/s against 1 thread's 3.37. Where the LLM
+    runs alone, as in `make demo`, every core is faster: 6.95 against 3.83 (benchmarks/local_threads.py).
+    """
+    raw = os.environ.get(K.LOCAL_THREADS_ENV, "").strip()
+    if not raw:
+        return max(1, min(8, (os.cpu_count() or 2) // 2))
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ConfigError(f"${K.LOCAL_THREADS_ENV} must be a positive integer (the llama.cpp threads of the local "
+                          f"server), got {raw[:40]!r}.")
+    return threads
 
 
 def _start(gguf: Path, timeout_s: float) -> LocalServer:
+    threads = _server_threads()  # a bad $TEXTCLASSIFY_LOCAL_THREADS fails before anything loads
     try:
         import xllamacpp
     except ImportError:
@@ -134,9 +150,7 @@ def _start(gguf: Path, timeout_s: float) -> LocalServer:
     params.n_parallel = K.LOCAL_SERVER_PARALLEL
     params.n_ctx = K.LOCAL_SERVER_CTX * K.LOCAL_SERVER_PARALLEL  # llama.cpp splits n_ctx across the slots
     params.verbosity = -1  # llama.cpp's own log stays quiet; our errors say what failed
-    # Few threads, no spin-polling: llama.cpp's threads wait on each other every layer, so on a busy machine
-    # (torch training beside it, other processes) more threads make it slower, not faster.
-    threads = _server_threads()
+    # No spin-polling, and few threads unless told otherwise (_server_threads says why).
     for cpu in (params.cpuparams, params.cpuparams_batch):
         cpu.n_threads = threads
         cpu.poll = 0
