@@ -184,18 +184,22 @@ def test_server_threads_default_to_half_the_cores_and_follow_the_env_var(monkeyp
     assert ls._server_threads() == 8
     monkeypatch.setenv(K.LOCAL_THREADS_ENV, " 3 ")
     assert ls._server_threads() == 3
+    monkeypatch.setenv(K.LOCAL_THREADS_ENV, "64")
+    assert ls._server_threads() == 64  # every core of the 64
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5", "3", "100000"])
 def test_bad_threads_env_var_is_a_config_error_before_anything_loads(tmp_path, monkeypatch, value):
-    """A value that is not a positive integer names the variable and the value; no server is started."""
+    """Not an integer from 1 to the core count: the error names the variable, the range and the value, and no
+    server starts (100000 threads once killed the whole process inside libgomp)."""
     fake = tmp_path / "tiny.gguf"
     fake.write_bytes(b"GGUF" + b"\0" * 16)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setenv(K.LOCAL_THREADS_ENV, value)
     with pytest.raises(ConfigError) as info:
         ls.ensure_local_server(str(fake))
-    assert str(info.value) == (f"${K.LOCAL_THREADS_ENV} must be a positive integer (the llama.cpp threads of the "
-                               f"local server), got {value!r}.")
+    assert str(info.value) == (f"${K.LOCAL_THREADS_ENV} must be an integer from 1 to 2 (the llama.cpp threads of "
+                               f"the local server, at most this machine's cores), got {value!r}.")
     assert ls.running_local_servers() == {}
 
 
@@ -220,6 +224,7 @@ def test_threads_env_var_reaches_llama_cpp_params(tmp_path, monkeypatch):
         raise RuntimeError("stand-in: not started")
 
     monkeypatch.setitem(sys.modules, "xllamacpp", types.SimpleNamespace(CommonParams=Params, Server=server))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setenv(K.LOCAL_THREADS_ENV, "2")
     fake = tmp_path / "tiny.gguf"
     fake.write_bytes(b"GGUF" + b"\0" * 16)

@@ -117,22 +117,23 @@ def _wait_healthy(root_url: str, timeout_s: float) -> None:
 
 
 def _server_threads() -> int:
-    """$TEXTCLASSIFY_LOCAL_THREADS, else half the cores, at most 8 (1 on a 2-core machine).
+    """$TEXTCLASSIFY_LOCAL_THREADS (1 to the core count), else half the cores, at most 8 (1 on a 2-core machine).
 
     Half is the safe default: beside torch training or other work, llama.cpp's threads wait on each other every
     layer; on 2 cores beside a torch loop, 2 threads scored 0.78 texts/s against 1 thread's 3.37. Where the LLM
     runs alone, as in `make demo`, every core is faster: 6.95 against 3.83 (benchmarks/local_threads.py).
     """
+    cores = os.cpu_count() or 1
     raw = os.environ.get(K.LOCAL_THREADS_ENV, "").strip()
     if not raw:
-        return max(1, min(8, (os.cpu_count() or 2) // 2))
+        return max(1, min(8, cores // 2))
     try:
         threads = int(raw)
     except ValueError:
         threads = 0
-    if threads < 1:
-        raise ConfigError(f"${K.LOCAL_THREADS_ENV} must be a positive integer (the llama.cpp threads of the local "
-                          f"server), got {raw[:40]!r}.")
+    if not 1 <= threads <= cores:  # beyond the cores nothing is gained, and 100000 killed the process in libgomp
+        raise ConfigError(f"${K.LOCAL_THREADS_ENV} must be an integer from 1 to {cores} (the llama.cpp threads of "
+                          f"the local server, at most this machine's cores), got {raw[:40]!r}.")
     return threads
 
 
