@@ -28,17 +28,18 @@ def test_config_is_valid_and_runs_offline(monkeypatch):
 
 @pytest.mark.parametrize("preset", [None, "1"])
 def test_main_gives_llama_cpp_every_core_unless_the_user_chose(tmp_path, monkeypatch, capsys, preset):
-    """The demo's LLM calls run alone, so its server gets os.cpu_count() threads; a value the user set stays."""
+    """The demo's LLM calls run alone, so its server gets every usable core; a value the user set stays."""
     import os
 
     from textclassify.runtime import constants as K
+    from textclassify.runtime.llm.local_server import usable_cores
 
     monkeypatch.delenv(K.LOCAL_THREADS_ENV, raising=False)
     if preset is not None:
         monkeypatch.setenv(K.LOCAL_THREADS_ENV, preset)
     assert demo.main(["--root", str(tmp_path), "--quiet"]) == 1  # no corpus here: fails before training
     assert "movie-review corpus is not at" in capsys.readouterr().err
-    assert os.environ[K.LOCAL_THREADS_ENV] == (preset or str(os.cpu_count()))
+    assert os.environ[K.LOCAL_THREADS_ENV] == (preset or str(usable_cores()))
 
 
 def test_load_movie_reviews_cleans_the_corpus(tmp_path):

@@ -175,12 +175,25 @@ def test_env_var_chooses_the_default_gguf(tmp_path, monkeypatch):
     assert ls.local_model_name() == "tiny.gguf"
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_usable_cores_follow_the_affinity_mask_not_the_machine():
+    """Pinned to one CPU (as a container's cpuset would), the process counts 1 usable core, whatever
+    os.cpu_count() says; the whole mask again afterwards."""
+    mask = os.sched_getaffinity(0)
+    assert ls.usable_cores() == len(mask)
+    try:
+        os.sched_setaffinity(0, {min(mask)})
+        assert ls.usable_cores() == 1
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
 def test_server_threads_default_to_half_the_cores_and_follow_the_env_var(monkeypatch):
     """Unset: half the cores (1 to 8); $TEXTCLASSIFY_LOCAL_THREADS: exactly that many."""
     monkeypatch.delenv(K.LOCAL_THREADS_ENV, raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(ls, "usable_cores", lambda: 2)
     assert ls._server_threads() == 1
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(ls, "usable_cores", lambda: 64)
     assert ls._server_threads() == 8
     monkeypatch.setenv(K.LOCAL_THREADS_ENV, " 3 ")
     assert ls._server_threads() == 3
@@ -194,7 +207,7 @@ def test_bad_threads_env_var_is_a_config_error_before_anything_loads(tmp_path, m
     server starts (100000 threads once killed the whole process inside libgomp)."""
     fake = tmp_path / "tiny.gguf"
     fake.write_bytes(b"GGUF" + b"\0" * 16)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(ls, "usable_cores", lambda: 2)
     monkeypatch.setenv(K.LOCAL_THREADS_ENV, value)
     with pytest.raises(ConfigError) as info:
         ls.ensure_local_server(str(fake))
@@ -224,7 +237,7 @@ def test_threads_env_var_reaches_llama_cpp_params(tmp_path, monkeypatch):
         raise RuntimeError("stand-in: not started")
 
     monkeypatch.setitem(sys.modules, "xllamacpp", types.SimpleNamespace(CommonParams=Params, Server=server))
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(ls, "usable_cores", lambda: 2)
     monkeypatch.setenv(K.LOCAL_THREADS_ENV, "2")
     fake = tmp_path / "tiny.gguf"
     fake.write_bytes(b"GGUF" + b"\0" * 16)

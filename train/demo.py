@@ -21,6 +21,7 @@ from typing import Any
 
 from textclassify.runtime import constants as K
 from textclassify.runtime.errors import DataError, TextClassifyError
+from textclassify.runtime.llm.local_server import usable_cores
 from textclassify.train.auto import AutoFusionClassifier
 from textclassify.train.crossfit import repeats_note
 from textclassify.train.demo_assets import FETCH_COMMAND, DemoPaths, minilm_path
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     # fit asks the LLM before it trains anything, so llama.cpp has the machine to itself: on 2 cores, 2 threads
     # score 1.8x faster than the default of half the cores (local_server._server_threads). A value set by the
     # user stays.
-    os.environ.setdefault(K.LOCAL_THREADS_ENV, str(os.cpu_count() or 1))
+    os.environ.setdefault(K.LOCAL_THREADS_ENV, str(usable_cores()))
     try:
         run = run_demo(args.root, n_train=args.train_rows, n_test=args.test_rows, quiet=args.quiet)
     except TextClassifyError as exc:

@@ -116,6 +116,14 @@ def _wait_healthy(root_url: str, timeout_s: float) -> None:
     )
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, as in a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
 def _server_threads() -> int:
     """$TEXTCLASSIFY_LOCAL_THREADS (1 to the core count), else half the cores, at most 8 (1 on a 2-core machine).
 
@@ -123,7 +131,7 @@ def _server_threads() -> int:
     layer; on 2 cores beside a torch loop, 2 threads scored 0.78 texts/s against 1 thread's 3.37. Where the LLM
     runs alone, as in `make demo`, every core is faster: 6.95 against 3.83 (benchmarks/local_threads.py).
     """
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     raw = os.environ.get(K.LOCAL_THREADS_ENV, "").strip()
     if not raw:
         return max(1, min(8, cores // 2))
