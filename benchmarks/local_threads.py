@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from textclassify.runtime import constants as K
+from textclassify.runtime.llm.local_server import usable_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "Classify the movie review into one of: fresh, rotten, plot. Answer with the label only."
 
@@ -54,7 +57,7 @@ while True:
 
 def rate(threads: int, n_texts: int, busy: bool) -> tuple[float, int]:
     """texts/s (and prompt tokens) of one fresh process whose server runs `threads` threads."""
-    env = {**os.environ, "TEXTCLASSIFY_LOCAL_THREADS": str(threads)}
+    env = {**os.environ, K.LOCAL_THREADS_ENV: str(threads)}
     burner = subprocess.Popen([sys.executable, "-c", BURN]) if busy else None
     try:
         if burner is not None:
@@ -73,7 +76,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=120, help="reviews scored per run (default 120)")
     parser.add_argument("--busy", action="store_true", help="a 2-thread torch loop runs beside the server")
     args = parser.parse_args()
-    cores = os.cpu_count() or 1
+    cores = usable_cores()  # what the server accepts at most
     print(f"local server threads: {args.texts} demo reviews, 4 requests at a time, {cores} cores, "
           f"{'beside a 2-thread torch loop' if args.busy else 'idle machine'}")
     one, tokens = rate(1, args.texts, args.busy)
