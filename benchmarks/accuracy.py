@@ -23,6 +23,11 @@ and the lexical model learn.
     python benchmarks/accuracy.py                                       # the full grid: hours on 2 cores
     python benchmarks/accuracy.py --sizes 300 --seeds 0 --llm-acc 0.75  # one cell: minutes
     python benchmarks/accuracy.py --char-ngrams --sizes 300 600 1200 --seeds 0 1  # lexical features only
+    python benchmarks/accuracy.py --from-json a.json b.json            # tables and targets of saved runs
+
+--from-json re-prints the tables and target lines of runs saved with --json, without fitting anything. Runs of
+the same case from several files are pooled, so seeds 0-2 and 3-5 saved apart are judged as six seeds; a seed
+that two files both hold for one case is an error.
 
 --char-ngrams compares the lexical model's features alone (scikit-learn, no encoder, no LLM): word 1-2-grams
 against word 1-2-grams + character 2-5-grams (analyzer 'char' or 'char_wb'), logistic regression at the C of
@@ -200,6 +205,31 @@ def check_targets(title: str, runs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def print_targets(findings: list[str]) -> None:
+    print("\nTargets")
+    for line in findings:
+        print(f"  {line}")
+
+
+def pooled_runs(paths: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Saved runs (--json) of several files, case by case in first-seen order, seeds in order."""
+    pooled: dict[str, list[dict[str, Any]]] = {}
+    for path in paths:
+        try:
+            saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--from-json: cannot read {path}: {e}") from None
+        if not isinstance(saved, dict):
+            raise SystemExit(f"--from-json: {path} is not a file written by --json (no case names at the top)")
+        for key, runs in saved.items():
+            have = {r["seed"] for r in pooled.get(key, [])}
+            again = sorted(have & {r["seed"] for r in runs})
+            if again:
+                raise SystemExit(f"--from-json: {path} holds seed(s) {again} of {key!r} again")
+            pooled.setdefault(key, []).extend(runs)
+    return {key: sorted(runs, key=lambda r: r["seed"]) for key, runs in pooled.items()}
+
+
 def char_ngram_comparison(pool: Any, test: Any, sizes: Sequence[int], seeds: Sequence[int]) -> None:
     """Test log-loss and accuracy of TF-IDF + LR with word n-grams alone and with character n-grams added."""
     from scipy.sparse import hstack
@@ -274,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="fit's fusion_split (default: fit's own default)")
     parser.add_argument("--json", default=None, help="also write every run's figures here")
     parser.add_argument("--char-ngrams", action="store_true", help="only compare word vs word+char lexical features")
+    parser.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
+                        help="print the tables and targets of runs saved with --json (pooled by case), fit nothing")
     args = parser.parse_args(argv)
+    if args.from_json:
+        print_targets([line for key, runs in pooled_runs(args.from_json).items() for line in print_table(key, runs)])
+        return 0
     if args.char_ngrams:
         pool, test = movie_reviews(args.n_test)
         print(f"lexical features alone: movie reviews, fixed test set {args.n_test}, sizes {args.sizes}, "
@@ -343,9 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             key = f"multi-label tickets, n_train {args.multi_label_n}, {llm}, subset accuracy"
             results[key] = runs
             findings += print_table(key, runs)
-    print("\nTargets")
-    for line in findings:
-        print(f"  {line}")
+    print_targets(findings)
     print(f"\ntotal {time.perf_counter() - total:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
