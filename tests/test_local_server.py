@@ -80,6 +80,33 @@ def test_server_is_reused_and_restartable(server):
     assert _port_open(again)
 
 
+def _blocked_signals(tid: int) -> int:
+    """The SigBlk mask of one thread of this process (Linux /proc), as an integer."""
+    for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no SigBlk line for thread {tid}")
+
+
+@needs_server
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_server_threads_leave_ctrl_c_to_python():
+    """Every thread the server starts has SIGINT and SIGTERM blocked, so the kernel delivers them to a
+    Python thread (one on an HTTP thread left Ctrl-C unseen during a sleep); the caller's mask comes back."""
+    ls.stop_local_servers()
+    before = set(os.listdir("/proc/self/task"))
+    try:
+        ls.ensure_local_server()
+        started = sorted(set(os.listdir("/proc/self/task")) - before, key=int)
+        assert started, "the server started no thread of its own"
+        wanted = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+        for tid in started:
+            assert _blocked_signals(int(tid)) & wanted == wanted, f"server thread {tid} can take SIGINT or SIGTERM"
+        assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        ls.stop_local_servers()
+
+
 # An atexit handler registered before the server starts runs after the server's own one (LIFO), so it
 # sees whether the port is closed while the interpreter is still alive.
 _CHILD = textwrap.dedent("""
