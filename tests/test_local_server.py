@@ -109,8 +109,11 @@ def test_server_threads_leave_ctrl_c_to_python():
 
 # An atexit handler registered before the server starts runs after the server's own one (LIFO), so it
 # sees whether the port is closed while the interpreter is still alive.
+# The child restores Python's own Ctrl-C handler first: a pytest started in the background by a shell
+# without job control (`make test &`) ignores SIGINT, its children inherit that, and Python keeps it ignored.
 _CHILD = textwrap.dedent("""
-    import atexit, socket, sys, time
+    import atexit, signal, socket, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from urllib.parse import urlparse
     state = {}
     def report():
