@@ -45,3 +45,11 @@ def test_a_seed_saved_twice_or_an_unreadable_file_is_an_error(tmp_path) -> None:
     (tmp_path / "list.json").write_text("[]", encoding="utf-8")
     with pytest.raises(SystemExit, match="not a file written by --json"):
         pooled_runs([str(tmp_path / "list.json")])
+
+
+def test_each_target_line_says_fused_minus_stacker_seed_by_seed(tmp_path, capsys) -> None:
+    # differences of +1, 0 and -4 points: mean -1.00, standard error sqrt(7) / sqrt(3) = 1.53
+    a = _save(tmp_path / "a.json", [_run(0, 0.75, 0.74), _run(1, 0.74, 0.74), _run(2, 0.72, 0.76)])
+    assert main(["--from-json", a]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fused - stacker -1.00 ± 1.53 pts a seed; seeds above / equal / below 1 / 1 / 1") == 2
