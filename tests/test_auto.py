@@ -90,6 +90,11 @@ def test_fit_reports_every_model_side_by_side(fitted_multiclass):
     assert len(chosen) == 1 and chosen[0]["combiner"] == on_disk["combiner"]["chosen"] == clf.combiner_
     assert on_disk["combiner"]["repeats"] == DEFAULT_CONFIG["fusion"]["cv_repeats"] > 1
     assert all("cv_log_loss_sd" in r for r in table)  # the spread of each candidate's log-loss over the splits
+    for r in table:  # the others' paired margin over the one that serves, with its standard error over the rows
+        assert ("cv_log_loss_vs_serving" in r) != r["chosen"], r
+        if not r["chosen"]:
+            assert r["cv_log_loss_vs_serving"] == pytest.approx(r["cv_log_loss"] - chosen[0]["cv_log_loss"], abs=2e-5)
+            assert r["cv_log_loss_vs_serving_se"] > 0
     assert chosen[0]["cv_log_loss"] <= min(r["cv_log_loss"] for r in table) + 0.002
 
 
@@ -197,5 +202,6 @@ def test_fit_writes_the_report(fitted_multiclass):
     assert (f"Combiner serving: {clf.combiner_} (lowest 5-fold cross-fitted log-loss on the fusion rows, mean of 3 "
             "random splits;") in summary
     assert summary.count("<- serves") == 1 and "Stage 1: lr 0.001 (user)" in summary
+    assert "log-loss vs serving ± SE" in summary and summary.count(" ± ") >= 8
     report = json.loads((tmp / "out" / "report" / "metrics.json").read_text())
     assert report["combiner"]["chosen"] == clf.combiner_ and len(report["combiner"]["cv_table"]) == 9

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.special import softmax
+from sklearn.metrics import log_loss
 
 from textclassify.train.calibration import fit_calibrator
 from textclassify.train.crossfit import CANDIDATES, choose_combiner, complement, make_folds, out_of_fold
@@ -153,3 +155,38 @@ def test_repeated_cross_fitting_averages_the_splits_and_keeps_the_first_splits_p
     assert len(set(three.result("lexical").split_log_losses)) == 3
     assert three.name == choose(three.results).name
     assert "cv_log_loss_sd" in three.table()[0] and "cv_log_loss_sd" not in one.table()[0]
+
+
+def test_the_cv_table_gives_each_candidate_its_paired_margin_over_the_one_that_serves():
+    """cv_log_loss_vs_serving is the row-by-row log-loss difference against the serving candidate, averaged over
+    the splits: its mean is the difference of the two CV log-losses, its SE the rows' spread over sqrt(n)."""
+    from textclassify.train.crossfit import paired_difference, row_log_losses
+
+    n = 90
+    rng = np.random.default_rng(5)
+    y = balanced_labels(n, 5)
+    ml = (3 * np.eye(N_LABELS)[y] + rng.normal(0, 1.0, (n, N_LABELS))).astype(np.float32)
+    raw = rng.dirichlet(np.ones(N_LABELS), n).astype(np.float32)  # an LLM that knows nothing
+    choice = choose_combiner(ml, None, raw, y, folds=make_folds(y, 3, seed=1, multi_label=False), multi_label=False,
+                             labels=["a", "b", "c"], fusion=FUSION, lexical_mode="auto", seed=0, repeats=2,
+                             calibrator_factory=lambda r, t: fit_calibrator(r, t, False))
+    table = {r["combiner"]: r for r in choice.table()}
+    served = choice.result(choice.name)
+    assert "cv_log_loss_vs_serving" not in table[choice.name]
+    for name, row in table.items():
+        if name == choice.name:
+            continue
+        other = choice.result(name)
+        assert row["cv_log_loss_vs_serving"] == pytest.approx(other.log_loss - served.log_loss, abs=2e-5), name
+        d = other.row_losses - served.row_losses
+        assert row["cv_log_loss_vs_serving_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(n), abs=2e-5), name
+    # the LLM alone is at chance: far worse than what serves, by many standard errors
+    assert table["llm"]["cv_log_loss_vs_serving"] > 5 * table["llm"]["cv_log_loss_vs_serving_se"] > 0
+    # the rows' losses are the per-row terms of the log-loss, in both modes
+    z = rng.normal(0, 2, (7, N_LABELS))
+    assert row_log_losses(z, y[:7], False).mean() == pytest.approx(log_loss(y[:7], softmax(z, axis=1), labels=[0, 1, 2]))
+    multi = (rng.random((7, N_LABELS)) < 0.5).astype(int)
+    expected = np.mean([log_loss(multi[:, j], 1 / (1 + np.exp(-z[:, j])), labels=[0, 1]) for j in range(N_LABELS)])
+    assert row_log_losses(z, multi, True).mean() == pytest.approx(expected)
+    assert paired_difference(np.array([1.0, 2.0, 4.0]), np.array([1.0, 1.0, 1.0])) == pytest.approx(
+        (4 / 3, np.std([0, 1, 3], ddof=1) / np.sqrt(3)))

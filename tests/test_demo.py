@@ -115,7 +115,8 @@ def test_format_report_shows_models_usage_and_timings():
 def test_format_report_shows_the_combiner_that_serves_and_its_cv_table():
     """The demo prints the lexical and no-LLM rows, the combiner serving, the CV table with one '<- serves' mark,
     the stage-1 line, and the best single part against the fused model."""
-    table = [{"combiner": "encoder", "cv_log_loss": 0.61234, "cv_accuracy": 0.75, "cv_macro_f1": 0.7, "chosen": False},
+    table = [{"combiner": "encoder", "cv_log_loss": 0.61234, "cv_accuracy": 0.75, "cv_macro_f1": 0.7, "chosen": False,
+              "cv_log_loss_vs_serving": 0.11234, "cv_log_loss_vs_serving_se": 0.0301},
              {"combiner": "stacker+lexical", "cv_log_loss": 0.5, "cv_accuracy": 0.8, "cv_macro_f1": 0.78,
               "chosen": True}]
     metrics = {k: _metrics(0.5, 0.4) for k in ("ml", "llm", "llm_raw", "stacker", "fused_no_llm")}
@@ -131,9 +132,10 @@ def test_format_report_shows_the_combiner_that_serves_and_its_cv_table():
     assert "  Fused without the LLM (no-LLM head)" in text
     assert ("Combiner serving: stacker+lexical (lowest 5-fold cross-fitted log-loss on the fusion rows; lexical "
             "component: served)") in text
-    assert "  encoder                         0.6123       0.750       0.700\n" in text
+    assert "  encoder                         0.6123       0.750       0.700  +0.1123 ± 0.0301\n" in text
     assert text.count("<- serves") == 1
     assert "  stacker+lexical                 0.5000       0.800       0.780  <- serves" in text
+    assert "log-loss vs serving ± SE" in text and "another draw of as many rows could reverse the choice" in text
     assert "  stage 1: lr 0.0001 (user), 100 of 100 steps (user length)" in text
     assert "  combiners compared by cross-fitting         12.0 s" in text
     assert "Best single part: the lexical model (0.550); fused 0.580 (+0.030)." in text

@@ -10,7 +10,7 @@ log-losses averaged: on 84 rows one split's luck decided between near-tied candi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,15 +56,31 @@ def out_of_fold(fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], n: 
     return out
 
 
-def log_loss_of_logits(logits: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
-    """Mean cross-entropy (softmax) or mean binary cross-entropy per label (sigmoid) of logits."""
+def row_log_losses(logits: np.ndarray, targets: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Each row's cross-entropy (softmax), or its binary cross-entropy averaged over the labels (sigmoid); [n]."""
     z = np.asarray(logits, dtype=np.float64)
     if multi_label:
         y = np.asarray(targets, dtype=np.float64)
-        return float(np.mean(np.logaddexp(0, z) - y * z))
+        return np.mean(np.logaddexp(0, z) - y * z, axis=1)
     z = z - z.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-log_p[np.arange(len(z)), targets].mean())
+    return -log_p[np.arange(len(z)), targets]
+
+
+def log_loss_of_logits(logits: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
+    """Mean cross-entropy (softmax) or mean binary cross-entropy per label (sigmoid) of logits."""
+    return float(row_log_losses(logits, targets, multi_label).mean())
+
+
+def paired_difference(losses: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Mean of the row-by-row log-loss differences against `reference`, and its standard error over the rows.
+
+    The standard error of a paired difference, as ArviZ's `compare` reports for cross-validated log scores:
+    a margin of less than about two of them is within what another draw of the same number of rows could undo.
+    """
+    d = np.asarray(losses, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(d.mean()), se
 
 
 @dataclass
@@ -80,6 +96,7 @@ class CVResult:
     macro_f1: float
     extra: dict[str, Any] = field(default_factory=dict)
     split_log_losses: list[float] = field(default_factory=list)  # one per split; [0] is the oof_logits' split
+    row_losses: np.ndarray | None = None  # each row's log-loss, averaged over the splits; its mean is log_loss
 
     @property
     def kind(self) -> str:
@@ -97,10 +114,11 @@ def average_over_splits(splits: Sequence[CVResult]) -> CVResult:
     """One candidate's results on several fold splits: scores averaged, predictions of the first split kept
     (the thresholds, the gate and the held-out report read those, with the folds they came from)."""
     first = splits[0]
+    rows = None if any(r.row_losses is None for r in splits) else np.mean([r.row_losses for r in splits], axis=0)
     return CVResult(first.name, first.complexity, first.oof_logits, first.oof_no_llm_logits,
                     float(np.mean([r.log_loss for r in splits])), float(np.mean([r.accuracy for r in splits])),
                     float(np.mean([r.macro_f1 for r in splits])), dict(first.extra),
-                    [r.log_loss for r in splits])
+                    [r.log_loss for r in splits], rows)
 
 
 def score_logits(name: str, complexity: int, logits: np.ndarray, no_llm: np.ndarray | None, targets: np.ndarray,
@@ -110,14 +128,30 @@ def score_logits(name: str, complexity: int, logits: np.ndarray, no_llm: np.ndar
     pred = (logits >= 0).astype(np.int64) if multi_label else logits.argmax(axis=1)
     m = classification_metrics(targets, pred, list(labels), multi_label)
     acc = m["subset_accuracy"] if multi_label and "subset_accuracy" in m else m["accuracy"]
-    return CVResult(name, complexity, logits, no_llm, log_loss_of_logits(logits, targets, multi_label), float(acc),
-                    float(m["macro_f1"]))
+    losses = row_log_losses(logits, targets, multi_label)
+    return CVResult(name, complexity, logits, no_llm, float(losses.mean()), float(acc), float(m["macro_f1"]),
+                    row_losses=losses)
 
 
 def repeats_note(repeats: Any) -> str:
     """', mean of 3 random splits' where the cross-fitting was repeated, else '': for the CV table's header."""
     repeats = int(repeats or 1)
     return f", mean of {repeats} random splits" if repeats > 1 else ""
+
+
+VS_SERVING_HEADER = "log-loss vs serving ± SE"
+VS_SERVING_NOTE = ("log-loss vs serving: each candidate's margin over the combiner that serves, row by row on the "
+                   "fusion rows, ± its standard error; within about 2 SE, another draw of as many rows could "
+                   "reverse the choice")
+
+
+def vs_serving(row: Mapping[str, Any]) -> str:
+    """'<- serves' for the chosen row, '+0.0064 ± 0.0089' for the others (blank where the table predates it)."""
+    if row.get("chosen"):
+        return "<- serves"
+    if row.get("cv_log_loss_vs_serving") is None:
+        return ""
+    return f"{row['cv_log_loss_vs_serving']:+.4f} ± {row.get('cv_log_loss_vs_serving_se', float('nan')):.4f}"
 
 
 def choose(results: Sequence[CVResult]) -> CVResult:
@@ -216,7 +250,17 @@ class CombinerChoice:
     repeats: int = 1  # fold splits the log-losses are averaged over
 
     def table(self) -> list[dict[str, Any]]:
-        return [{**r.row(), "chosen": r.name == self.name} for r in self.results]
+        """One row a candidate; the others also carry their log-loss margin over the one that serves
+        (`cv_log_loss_vs_serving`, positive when worse) and that margin's standard error over the fusion rows."""
+        served = self.result(self.name).row_losses
+        rows = []
+        for r in self.results:
+            row = {**r.row(), "chosen": r.name == self.name}
+            if r.name != self.name and served is not None and r.row_losses is not None:
+                diff, se = paired_difference(r.row_losses, served)
+                row.update(cv_log_loss_vs_serving=round(diff, 5), cv_log_loss_vs_serving_se=round(se, 5))
+            rows.append(row)
+        return rows
 
     def result(self, name: str) -> CVResult:
         return next(r for r in self.results if r.name == name)

@@ -23,7 +23,7 @@ from textclassify.runtime import constants as K
 from textclassify.runtime.errors import DataError, TextClassifyError
 from textclassify.runtime.llm.local_server import usable_cores
 from textclassify.train.auto import AutoFusionClassifier
-from textclassify.train.crossfit import repeats_note
+from textclassify.train.crossfit import VS_SERVING_HEADER, VS_SERVING_NOTE, repeats_note, vs_serving
 from textclassify.train.demo_assets import FETCH_COMMAND, DemoPaths, minilm_path
 
 OUTPUT_DIR = "demo_output"
@@ -244,11 +244,11 @@ def combiner_lines(combiner: Mapping[str, Any], stage1: str = "") -> list[str]:
     out = ["", f"Combiner serving: {combiner.get('chosen')} (lowest {combiner.get('folds')}-fold cross-fitted log-loss "
                f"on the fusion rows{repeats_note(combiner.get('repeats'))}; lexical component: "
                f"{combiner.get('lexical')})",
-           f"  {'candidate':<26}{'CV log-loss':>12}{'CV accuracy':>12}{'CV macro-F1':>12}"]
+           f"  {'candidate':<26}{'CV log-loss':>12}{'CV accuracy':>12}{'CV macro-F1':>12}  {VS_SERVING_HEADER}"]
     for row in table:
-        mark = "  <- serves" if row.get("chosen") else ""
         out.append(f"  {row['combiner']:<26}{row['cv_log_loss']:>12.4f}{row['cv_accuracy']:>12.3f}"
-                   f"{row['cv_macro_f1']:>12.3f}{mark}")
+                   f"{row['cv_macro_f1']:>12.3f}  {vs_serving(row)}")
+    out.append(f"  ({VS_SERVING_NOTE})")
     if stage1:
         out.append(f"  {stage1}")
     return out

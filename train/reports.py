@@ -23,7 +23,7 @@ from textclassify.runtime.decoding import decide, label_thresholds
 from textclassify.runtime.errors import DataError
 from textclassify.runtime.metrics import classification_metrics, expected_calibration_error, log_loss
 from textclassify.train import persistence
-from textclassify.train.crossfit import repeats_note
+from textclassify.train.crossfit import VS_SERVING_HEADER, VS_SERVING_NOTE, repeats_note, vs_serving
 
 REPORT_DIR = "report"
 MODEL_NAMES: dict[str, str] = {
@@ -350,11 +350,11 @@ def format_combiner(combiner: Mapping[str, Any]) -> list[str]:
                  f"log-loss on the fusion rows{repeats_note(combiner.get('repeats'))}; a tie goes to the simpler); "
                  f"lexical component: {combiner.get('lexical', '?')}"]
     width = max(len(r["combiner"]) for r in table) + 2
-    lines.append(f"  {'combiner':<{width}}{'log-loss':>9}  {'accuracy':>8}  {'macro-F1':>8}")
+    lines.append(f"  {'combiner':<{width}}{'log-loss':>9}  {'accuracy':>8}  {'macro-F1':>8}  {VS_SERVING_HEADER}")
     for r in table:
-        mark = "  <- serves" if r.get("chosen") else ""
         lines.append(f"  {r['combiner']:<{width}}{r['cv_log_loss']:>9.4f}  {r['cv_accuracy']:>8.3f}  "
-                     f"{r['cv_macro_f1']:>8.3f}{mark}")
+                     f"{r['cv_macro_f1']:>8.3f}  {vs_serving(r)}")
+    lines.append(f"  ({VS_SERVING_NOTE})")
     if combiner.get("thresholds"):
         lines.append(f"Per-label thresholds ({combiner.get('threshold_objective')}): "
                      + ", ".join(f"{t:.3f}" for t in combiner["thresholds"]))
