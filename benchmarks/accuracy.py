@@ -148,7 +148,8 @@ def fit_one(train: Any, test: Any, scorer: Any, *, model_name: str, label_column
         fit_s = time.perf_counter() - start
     meta = clf.metadata_
     return {"metrics": {k: headline(v, multi_label) for k, v in meta["metrics"].items()},
-            "combiner": meta["combiner"]["chosen"], "lexical": meta["combiner"]["lexical"], "fit_s": fit_s,
+            "combiner": meta["combiner"]["chosen"], "lexical": meta["combiner"]["lexical"],
+            "cv_table": meta["combiner"]["cv_table"], "fit_s": fit_s,
             "stage1_s": memo.last_seconds if memo else meta["timings"]["stage1_s"],
             "stage1": {k: meta["stage1"].get(k) for k in ("steps_run", "collapsed", "retried")},
             "errors": None if multi_label else error_correlation(meta["held_out_predictions"])}
