@@ -75,8 +75,9 @@ def log_loss_of_logits(logits: np.ndarray, targets: np.ndarray, multi_label: boo
 def paired_difference(losses: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     """Mean of the row-by-row log-loss differences against `reference`, and its standard error over the rows.
 
-    The standard error of a paired difference, as ArviZ's `compare` reports for cross-validated log scores:
-    a margin of less than about two of them is within what another draw of the same number of rows could undo.
+    A paired estimate, like the `se_diff` of the R package loo's `loo_compare` for cross-validated log scores:
+    both candidates scored the same rows. A margin of less than about two of them is within what another draw of
+    as many rows could undo.
     """
     d = np.asarray(losses, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
