@@ -184,7 +184,8 @@ def test_the_cv_table_gives_each_candidate_its_paired_margin_over_the_one_that_s
     assert table["llm"]["cv_log_loss_vs_serving"] > 5 * table["llm"]["cv_log_loss_vs_serving_se"] > 0
     # the rows' losses are the per-row terms of the log-loss, in both modes
     z = rng.normal(0, 2, (7, N_LABELS))
-    assert row_log_losses(z, y[:7], False).mean() == pytest.approx(log_loss(y[:7], softmax(z, axis=1), labels=[0, 1, 2]))
+    expected = log_loss(y[:7], softmax(z, axis=1), labels=[0, 1, 2])
+    assert row_log_losses(z, y[:7], False).mean() == pytest.approx(expected)
     multi = (rng.random((7, N_LABELS)) < 0.5).astype(int)
     expected = np.mean([log_loss(multi[:, j], 1 / (1 + np.exp(-z[:, j])), labels=[0, 1]) for j in range(N_LABELS)])
     assert row_log_losses(z, multi, True).mean() == pytest.approx(expected)

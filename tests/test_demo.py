@@ -142,3 +142,12 @@ def test_format_report_shows_the_combiner_that_serves_and_its_cv_table():
     run.combiner["repeats"] = 3
     assert ("Combiner serving: stacker+lexical (lowest 5-fold cross-fitted log-loss on the fusion rows, mean of 3 "
             "random splits; lexical component: served)") in demo.format_report(run)
+
+
+def test_a_cv_table_from_before_the_margins_prints_a_blank_column_and_no_key():
+    """Metadata written before the margin fields existed still renders: no margins, and no line explaining them."""
+    table = [{"combiner": "encoder", "cv_log_loss": 0.6, "cv_accuracy": 0.7, "cv_macro_f1": 0.6, "chosen": False},
+             {"combiner": "stacker", "cv_log_loss": 0.5, "cv_accuracy": 0.8, "cv_macro_f1": 0.7, "chosen": True}]
+    lines = demo.combiner_lines({"chosen": "stacker", "folds": 5, "cv_table": table, "lexical": "off"})
+    assert lines[3] == "  encoder                         0.6000       0.700       0.600  "
+    assert lines[4].endswith("<- serves") and len(lines) == 5

@@ -146,6 +146,11 @@ VS_SERVING_NOTE = ("log-loss vs serving: each candidate's margin over the combin
                    "reverse the choice")
 
 
+def vs_serving_key(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The line that explains the margin column, where the table has margins (tables from before them do not)."""
+    return [f"  ({VS_SERVING_NOTE})"] if any("cv_log_loss_vs_serving" in r for r in table) else []
+
+
 def vs_serving(row: Mapping[str, Any]) -> str:
     """'<- serves' for the chosen row, '+0.0064 ± 0.0089' for the others (blank where the table predates it)."""
     if row.get("chosen"):
