@@ -95,9 +95,9 @@ class CVResult:
     log_loss: float  # mean over the repeated splits
     accuracy: float
     macro_f1: float
+    row_losses: np.ndarray  # each row's log-loss, averaged over the splits; its mean is log_loss
     extra: dict[str, Any] = field(default_factory=dict)
     split_log_losses: list[float] = field(default_factory=list)  # one per split; [0] is the oof_logits' split
-    row_losses: np.ndarray | None = None  # each row's log-loss, averaged over the splits; its mean is log_loss
 
     @property
     def kind(self) -> str:
@@ -115,11 +115,10 @@ def average_over_splits(splits: Sequence[CVResult]) -> CVResult:
     """One candidate's results on several fold splits: scores averaged, predictions of the first split kept
     (the thresholds, the gate and the held-out report read those, with the folds they came from)."""
     first = splits[0]
-    rows = None if any(r.row_losses is None for r in splits) else np.mean([r.row_losses for r in splits], axis=0)
     return CVResult(first.name, first.complexity, first.oof_logits, first.oof_no_llm_logits,
                     float(np.mean([r.log_loss for r in splits])), float(np.mean([r.accuracy for r in splits])),
-                    float(np.mean([r.macro_f1 for r in splits])), dict(first.extra),
-                    [r.log_loss for r in splits], rows)
+                    float(np.mean([r.macro_f1 for r in splits])), np.mean([r.row_losses for r in splits], axis=0),
+                    dict(first.extra), [r.log_loss for r in splits])
 
 
 def score_logits(name: str, complexity: int, logits: np.ndarray, no_llm: np.ndarray | None, targets: np.ndarray,
@@ -130,8 +129,7 @@ def score_logits(name: str, complexity: int, logits: np.ndarray, no_llm: np.ndar
     m = classification_metrics(targets, pred, list(labels), multi_label)
     acc = m["subset_accuracy"] if multi_label and "subset_accuracy" in m else m["accuracy"]
     losses = row_log_losses(logits, targets, multi_label)
-    return CVResult(name, complexity, logits, no_llm, float(losses.mean()), float(acc), float(m["macro_f1"]),
-                    row_losses=losses)
+    return CVResult(name, complexity, logits, no_llm, float(losses.mean()), float(acc), float(m["macro_f1"]), losses)
 
 
 def repeats_note(repeats: Any) -> str:
@@ -262,7 +260,7 @@ class CombinerChoice:
         rows = []
         for r in self.results:
             row = {**r.row(), "chosen": r.name == self.name}
-            if r.name != self.name and served is not None and r.row_losses is not None:
+            if r.name != self.name:
                 diff, se = paired_difference(r.row_losses, served)
                 row.update(cv_log_loss_vs_serving=round(diff, 5), cv_log_loss_vs_serving_se=round(se, 5))
             rows.append(row)
