@@ -5,8 +5,9 @@ norm); a MatMul and an Add with the regression's coefficients follow. Converter 
 measured difference from scikit-learn (1,006 mixed-script texts: unicode, punctuation, empty, 20,000 chars):
 - `locale` C.UTF-8: skl2onnx's default (en_US.UTF-8) makes ONNX Runtime refuse the session on a machine
   without that locale, and the "C" locale leaves non-ASCII capitals as they are;
-- `tokenexp` [\\p{L}\\p{N}_]{2,}: Python's `\\w\\w+` in RE2; skl2onnx's default [a-zA-Z0-9_]+ dropped
-  every non-ASCII word (928 of 1,006 rows differed);
+- `tokenexp` train.lexical.onnx_token_exp(): Python's `\\w\\w+` in RE2, as explicit code point ranges;
+  skl2onnx's default [a-zA-Z0-9_]+ dropped every non-ASCII word (928 of 1,006 rows differed), and
+  [\\p{L}\\p{N}_] took RE2's newer Unicode tables, 5,010 code points more than Python 3.11's;
 - the model folds case per character before scikit-learn (train.lexical.fold_case): 548 rows differed
   without it, none with it.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from textclassify.runtime.atomic import write_atomic
-from textclassify.train.lexical import ONNX_LOCALE, ONNX_TOKEN_EXP, LexicalModel
+from textclassify.train.lexical import ONNX_LOCALE, LexicalModel, onnx_token_exp
 
 INPUT_NAME, OUTPUT_NAME = "text", "lexical_logits"
 OPSET = 17
@@ -35,7 +36,7 @@ def lexical_graph(model: LexicalModel) -> Any:
 
     tfidf = convert_sklearn(
         model.vectorizer_, "lexical", initial_types=[(INPUT_NAME, StringTensorType([None]))],
-        options={TfidfVectorizer: {"tokenexp": ONNX_TOKEN_EXP, "locale": ONNX_LOCALE}},
+        options={TfidfVectorizer: {"tokenexp": onnx_token_exp(), "locale": ONNX_LOCALE}},
         target_opset={"": OPSET, "ai.onnx.ml": 3})
     graph = tfidf.graph
     features = graph.output[0].name

@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import sys
 
 import numpy as np
 import pytest
 
 from tests.support.data import LABELS, make_tickets
-from textclassify.train.lexical import LexicalModel, fold_case
+from textclassify.train.lexical import TOKEN_PATTERN, LexicalModel, fold_case
 
 WORDS = ["good", "bad", "Movie", "film", "PLOT", "café", "naïve", "straße", "ÉCOLE", "İstanbul", "ΣΊΣΥΦΟΣ",
          "日本語", "x2", "a_b", "don't", "well-made", "über", "Ωmega", "ǅemal", "ﬁne", "Ⅻ", "²nd", "٣٤٥", "refund",
-         "parcel", "crash", "INVOICE", "Tracking", "LOGIN"]
+         "parcel", "crash", "INVOICE", "Tracking", "LOGIN",
+         # letters of Unicode 15 (Kawi, CJK Extension H) between known words: a word character in RE2's tables
+         # but unassigned in Python 3.11's, so "[\\p{L}\\p{N}_]" in the graph made one word of what Python split
+         "refund\U00031350parcel", "crash\U00011F04\U00011F04login"]
 PUNCT = list(".,;:!?()[]{}\"'-–—/\\@#$%^&*+=<>|~`…«»") + [" ", "  ", "\t", "\n"]
 
 
@@ -81,6 +86,36 @@ def test_onnx_graph_matches_scikit_learn_on_1000_hostile_texts(tmp_path, multi_l
     assert got.shape == (1000, 3)
     np.testing.assert_allclose(got, expected, atol=1e-4)
     np.testing.assert_allclose(run_lexical_onnx(tmp_path / "lexical.onnx", [""]), model.logits([""]), atol=1e-5)
+
+
+def test_graph_tokenises_every_code_point_as_python_does():
+    """Each code point inside a word, doubled, and alone before a capital: lexical.onnx's Tokenizer (after its
+    StringNormalizer) gives the tokens of fold_case + TOKEN_PATTERN, whatever Unicode version RE2 carries."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from textclassify.export.lexical_onnx import INPUT_NAME, lexical_graph
+
+    model, _ = fitted(False)
+    proto = lexical_graph(model)
+    tokenizer = next(node for node in proto.graph.node if node.op_type == "Tokenizer")
+    pad = next(helper.get_attribute_value(a) for a in tokenizer.attribute if a.name == "pad_value").decode()
+    proto.graph.output.append(helper.make_tensor_value_info(tokenizer.output[0], TensorProto.STRING, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    codes = [c for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]  # surrogates: not UTF-8
+    per_text = 64
+    texts = [" ".join(f"ab{chr(c) * 2}cd {chr(c)}Z" for c in codes[i:i + per_text])
+             for i in range(0, len(codes), per_text)]
+    pattern = re.compile(TOKEN_PATTERN)
+    differs = []
+    for start in range(0, len(texts), 1024):
+        batch = texts[start:start + 1024]
+        tokens = session.run([tokenizer.output[0]], {INPUT_NAME: np.asarray(batch, dtype=object)})[0]
+        for offset, (row, text) in enumerate(zip(tokens, batch)):
+            if [t for t in row if t != pad] != pattern.findall(fold_case(text)):
+                differs.append(start + offset)
+    assert not differs, (f"{len(differs)} texts of {per_text} code points tokenise differently, the first "
+                         f"from U+{codes[differs[0] * per_text]:04X}")
 
 
 def test_parity_check_refuses_a_graph_that_differs(tmp_path):

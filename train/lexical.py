@@ -25,6 +25,8 @@ lexical.onnx, and its own parity test.
 """
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,9 +35,7 @@ import numpy as np
 NGRAM_RANGE = (1, 2)
 MAX_FEATURES = 50_000
 C_GRID = (1.0, 4.0, 16.0)  # inverse regularisation strengths tried by cross-validation on the first fit
-# Python's `\w\w+` as ONNX Runtime's RE2 spells it: letters, digits (all Unicode categories) and "_".
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
-ONNX_TOKEN_EXP = r"[\p{L}\p{N}_]{2,}"
 ONNX_LOCALE = "C.UTF-8"
 _FOLD = {0x130: "i", 0x3A3: "\u03c3"}  # simple (per-character) lower case where str.lower() differs
 
@@ -43,6 +43,27 @@ _FOLD = {0x130: "i", 0x3A3: "\u03c3"}  # simple (per-character) lower case where
 def fold_case(text: str) -> str:
     """Lower case per character, as StringNormalizer(LOWER, C.UTF-8) does."""
     return text.translate(_FOLD).lower()
+
+
+@functools.lru_cache(maxsize=1)
+def onnx_token_exp() -> str:
+    """Python's `\\w\\w+` as ONNX Runtime's RE2 spells it: every code point `re` calls a word character, as ranges.
+
+    Written out rather than as `[\\p{L}\\p{N}_]`, because RE2 and Python each carry their own Unicode tables:
+    ONNX Runtime 1.32's RE2 knows letters that Python 3.11's Unicode 14.0 leaves unassigned (5,010 code
+    points, e.g. Kawi and CJK Extension H), and tokenised words containing them as one word where scikit-learn
+    split them. The explicit class ties the graph to the Python that fitted the model, on every code point.
+    """
+    ranges: list[tuple[int, int]] = []
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        if char.isalnum() or char == "_":  # CPython's definition of \w for str patterns
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    spelled = (f"\\x{{{a:X}}}" if a == b else f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in ranges)
+    return "[" + "".join(spelled) + "]{2,}"
 
 
 class LexicalModel:
