@@ -1,9 +1,15 @@
 """The int8 variant of encoder.onnx (dynamic quantisation, CPU); the fp16 one (CUDA) is export/fp16.py.
 
-int8: `quantize_dynamic(weight_type=QInt8, per_channel=True)` on the encoder's per-token MatMuls
+int8: `quantize_dynamic(weight_type=QInt8, per_channel=True, reduce_range=True)` on the encoder's per-token MatMuls
 with constant weights (export.smoothing.smoothing_groups: the attention's activation-by-activation
 MatMuls, the head and the fusion MLP stay fp32), optionally after SmoothQuant (export/smoothing.py).
 Per-channel weights: on a trained head they kept 99.6% agreement where per-tensor fell to 97%.
+7-bit weights (`reduce_range`): the uint8-activation x int8-weight kernel of an x86 CPU without VNNI
+(AVX2 only) adds pairs of products in int16 and saturates past 32,767 (255 x 127 x 2 = 64,770), so a
+full-range int8 graph gives other answers there than on a VNNI CPU: on an AVX2 AMD EPYC a 16x4 MatMul
+was off fp32 by 2.49 at most, against 0.15 with 7-bit weights (255 x 64 x 2 = 32,640 fits). The
+export's agreement and recheck margin are thus measured on the numbers every CPU computes. Cost on
+MiniLM there (benchmarks/README.md): the same speed, a recheck margin of 0.52 against 0.34.
 `DefaultTensorType` lets the quantizer type the outputs of contrib ops, which ONNX shape inference
 cannot.
 """
@@ -65,11 +71,11 @@ def quantize_int8(src: str | Path | onnx.ModelProto, dst: str | Path, *,
         if not names:
             raise ValueError("the graph has no per-token MatMul with a constant weight to quantise")
         with _quiet_root_logger():
-            quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, per_channel=True,
+            quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
                              op_types_to_quantize=["MatMul"], nodes_to_quantize=names,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
     except Exception as e:  # noqa: BLE001 -- the quantizer raises plain RuntimeError/ValueError
         raise ExportError(f"int8 quantisation of encoder.onnx failed: {first_line(e)}") from e
     return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": True,
-            "op_types": ["MatMul"], "matmul_const_b_only": True, "quantised_matmuls": len(names),
+            "reduce_range": True, "op_types": ["MatMul"], "matmul_const_b_only": True, "quantised_matmuls": len(names),
             "smoothquant_alpha": alpha}

@@ -34,7 +34,7 @@ def test_int8_quantises_weights_per_channel(matmul_graph, tmp_path):
     """The int8 graph uses integer MatMul with per-channel int8 weights and stays close to fp32."""
     facts = quantize_int8(matmul_graph, tmp_path / "q.onnx")
     assert facts == {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
-                     "per_channel": True, "op_types": ["MatMul"], "matmul_const_b_only": True,
+                     "per_channel": True, "reduce_range": True, "op_types": ["MatMul"], "matmul_const_b_only": True,
                      "quantised_matmuls": 1, "smoothquant_alpha": None}
     model = onnx.load(str(tmp_path / "q.onnx"))
     assert "MatMulInteger" in {n.op_type for n in model.graph.node}
@@ -42,6 +42,17 @@ def test_int8_quantises_weights_per_channel(matmul_graph, tmp_path):
     assert [list(t.dims) for t in scales] == [[4]]  # one scale per output channel
     x = np.random.default_rng(1).normal(size=(5, 3, 16)).astype(np.float32)
     assert np.abs(run(tmp_path / "q.onnx", x) - run(matmul_graph, x)).max() < 0.2
+
+
+def test_int8_weights_keep_clear_of_the_int16_saturation_of_avx2(matmul_graph, tmp_path):
+    """7-bit weights: |w| <= 64, so a uint8 activation pair times them sums to at most 32,640 and the int16
+    accumulation of a CPU without VNNI cannot saturate; the graph computes the same on every x86 CPU."""
+    quantize_int8(matmul_graph, tmp_path / "q.onnx")
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8
+               and t.name.endswith("_quantized")]
+    assert len(weights) == 1 and weights[0].size == 16 * 4
+    assert 255 * int(np.abs(weights[0].astype(np.int32)).max()) * 2 <= 32_767
 
 
 def test_unreadable_graph_is_an_export_error(tmp_path):
