@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -205,6 +206,18 @@ def inference_session(model: bytes | str, providers: Sequence[str], options: Any
                                 **extra)
 
 
+_NO_LOCALE = re.compile(r"Failed to construct locale with name:([^:\s]+)")
+
+
+def _locale_hint(error: BaseException) -> str:
+    """What to do when a graph's StringNormalizer (lexical.onnx) names a locale this machine lacks, else ""."""
+    found = _NO_LOCALE.search(str(error))
+    if not found:
+        return ""
+    return (f" Its text normaliser needs the {found.group(1)} locale, which this machine lacks (`locale -a` lists "
+            f"those it has): install or generate {found.group(1)} (glibc 2.35 and later have C.UTF-8 built in).")
+
+
 class OnnxModel:
     """One InferenceSession on a verified graph (bytes or path); `run` binds IO on CUDA, plain `run` on CPU.
 
@@ -221,7 +234,7 @@ class OnnxModel:
         except Exception as e:  # noqa: BLE001 -- ORT raises its own exception types for malformed graphs
             if CUDA in providers and _opens_on_cpu(model):
                 raise CudaSessionError(f"{name}: ONNX Runtime could not open it with CUDA ({first_line(e)})") from None
-            raise BundleError(f"{name}: ONNX Runtime could not load it ({first_line(e)}).") from None
+            raise BundleError(f"{name}: ONNX Runtime could not load it ({first_line(e)}).{_locale_hint(e)}") from None
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         for kind, want, have in (("input", required_inputs, list(self.input_types)),

@@ -118,6 +118,24 @@ def test_unparseable_graph() -> None:
         OnnxModel("encoder.onnx", b"not a model at all", [CPU], session_options(), ENCODER_IN, ENCODER_OUT)
 
 
+def test_missing_locale_is_named_with_what_to_do() -> None:
+    """lexical.onnx's StringNormalizer needs its locale on the serving machine; without it the error says so."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("StringNormalizer", ["text"], ["folded"], case_change_action="LOWER",
+                            locale="xx_XX.UTF-8")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("text", TensorProto.STRING, [None])],
+                              [helper.make_tensor_value_info("folded", TensorProto.STRING, [None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    with pytest.raises(BundleError) as e:
+        OnnxModel("lexical.onnx", model, [CPU], session_options(), ["text"], ["folded"])
+    message = str(e.value)
+    assert message.startswith("lexical.onnx: ONNX Runtime could not load it (")
+    assert message.endswith("Its text normaliser needs the xx_XX.UTF-8 locale, which this machine lacks (`locale -a` "
+                            "lists those it has): install or generate xx_XX.UTF-8 (glibc 2.35 and later have C.UTF-8 "
+                            "built in).")
+
+
 def _add_then_layer_norm() -> bytes:
     """Add + LayerNormalization: the pattern ONNX Runtime fuses into SkipLayerNormalization."""
     import onnx
