@@ -52,7 +52,8 @@ def onnx_token_exp() -> str:
     Written out rather than as `[\\p{L}\\p{N}_]`, because RE2 and Python each carry their own Unicode tables:
     ONNX Runtime 1.32's RE2 knows letters that Python 3.11's Unicode 14.0 leaves unassigned (5,010 code
     points, e.g. Kawi and CJK Extension H), and tokenised words containing them as one word where scikit-learn
-    split them. The explicit class ties the graph to the Python that fitted the model, on every code point.
+    split them. The explicit class ties the graph to the Python that exports it, where its parity check runs
+    scikit-learn.
     """
     ranges: list[tuple[int, int]] = []
     for code in range(sys.maxunicode + 1):
