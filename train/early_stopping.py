@@ -9,6 +9,17 @@ import copy
 from typing import Any
 
 
+def snapshot(module: Any) -> dict[str, Any]:
+    """A copy of the module's state: tensors cloned (detached, same device), anything else deep-copied.
+
+    The same values as copy.deepcopy(module.state_dict()) for a fraction of its cost, which a small fusion head
+    that improves at most epochs of a 200-epoch warm-up pays once an epoch."""
+    import torch
+
+    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            for k, v in module.state_dict().items()}
+
+
 class EarlyStopping:
     """Tracks the best score and a copy of the module's state at that score."""
 
@@ -25,7 +36,7 @@ class EarlyStopping:
         better = self.best is None or (score > self.best + self.min_delta if isinstance(score, (int, float))
                                        else score > self.best)
         if better:
-            self.best, self.best_state, self.bad = score, copy.deepcopy(module.state_dict()), 0
+            self.best, self.best_state, self.bad = score, snapshot(module), 0
             return True
         self.bad += 1
         return False

@@ -93,10 +93,13 @@ def shuffled_batches(tokenizer: Any, texts: Sequence[str], batch_size: int, max_
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Any) -> None:
-    """Backward pass, gradient clipping at norm 1, one optimizer step."""
+    """Backward pass, gradient clipping at norm 1, one optimizer step.
+
+    foreach: one call over all the gradients instead of one a tensor; on CPU the same per-tensor kernels run (the
+    result is bit for bit the same) for less Python overhead, which is most of a small fusion head's step."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
     optimizer.step()
 
 
@@ -175,7 +178,8 @@ def train_encoder(model: nn.Module, tokenizer: Any, train_texts: Sequence[str], 
     loss_fn = loss_function(multi_label)
     y_train = targets_tensor(train_targets, multi_label)
     batch_size, steps = ml["batch_size"], plan.max_steps
-    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.learning_rate, weight_decay=ml["weight_decay"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.learning_rate, weight_decay=ml["weight_decay"],
+                                  foreach=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(ml["warmup_ratio"] * steps), steps)
     history, stopper = StageHistory(), EarlyStopping(plan.patience)  # best by (macro-F1, -loss)
     bar = tqdm(total=steps, desc="stage 1: encoder", disable=not progress, unit="step", leave=False)

@@ -9,7 +9,6 @@ state weighs the two ways as training does: (1 - p) * loss with the LLM + p * lo
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from textclassify.train.early_stopping import EarlyStopping
+from textclassify.train.early_stopping import EarlyStopping, snapshot
 from textclassify.train.encoder import (
     loss_function,
     optimizer_step,
@@ -56,7 +55,7 @@ def build_joint_optimizer(wrapper: FusionWrapper, ml_lr: float, fusion_lr: float
     return torch.optim.AdamW([
         {"params": list(wrapper.encoder.parameters()), "lr": ml_lr, "name": "encoder"},
         {"params": list(wrapper.mlp.parameters()), "lr": fusion_lr, "name": "fusion_mlp"},
-    ], weight_decay=weight_decay)
+    ], weight_decay=weight_decay, foreach=True)
 
 
 def head_on_features(mlp: FusionMLP, features: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
@@ -104,9 +103,9 @@ def warm_up_mlp(mlp: FusionMLP, train_features: np.ndarray, train_targets: np.nd
     y_tr, y_va = targets_tensor(train_targets, multi_label), targets_tensor(val_targets, multi_label)
     loss_fn = loss_function(multi_label)
     mlp.set_feature_scaling(x_tr)
-    optimizer = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=0.01, foreach=True)  # see optimizer_step
     stopper = EarlyStopping(patience, min_delta=LOSS_MIN_DELTA, best=float("-inf"),
-                            best_state=copy.deepcopy(mlp.state_dict()))  # scores are -loss
+                            best_state=snapshot(mlp))  # scores are -loss
     for _ in range(epochs):
         mlp.train()
         order = torch.randperm(len(x_tr), generator=gen)
@@ -208,7 +207,7 @@ def train_fusion(encoder: torch.nn.Module, tokenizer: Any, *, train_texts: Seque
     )
     wrapper = FusionWrapper(encoder, mlp).to(pick_device())
     stopper = EarlyStopping(fusion["early_stopping_patience"], min_delta=LOSS_MIN_DELTA, best=-best,
-                            best_state=copy.deepcopy(wrapper.state_dict()))  # the warm-up result to beat
+                            best_state=snapshot(wrapper))  # the warm-up result to beat
     optimizer = build_joint_optimizer(wrapper, fusion["ml_lr"], fusion["fusion_lr"])
     history.param_group_lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
     loss_fn = loss_function(multi_label)
