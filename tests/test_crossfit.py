@@ -191,3 +191,28 @@ def test_the_cv_table_gives_each_candidate_its_paired_margin_over_the_one_that_s
     assert row_log_losses(z, multi, True).mean() == pytest.approx(expected)
     assert paired_difference(np.array([1.0, 2.0, 4.0]), np.array([1.0, 1.0, 1.0])) == pytest.approx(
         (4 / 3, np.std([0, 1, 3], ddof=1) / np.sqrt(3)))
+
+
+def test_mlp_candidates_sit_out_when_each_folds_mlp_would_early_stop_on_fewer_than_ten_rows():
+    """60 rows in 5 folds: every fold's MLP trains on 48 and early-stops on 10, so it competes; 59 rows leave one
+    fold 47 (9 to early-stop on), and the MLPs sit out, recorded with the reason; the other candidates still compete."""
+    from textclassify.train.crossfit import MIN_MLP_VAL_ROWS, left_out_lines, mlp_left_out
+
+    assert mlp_left_out(60, make_folds(balanced_labels(60, 0)[:60], 5, seed=0, multi_label=False)) is None
+    why = mlp_left_out(59, make_folds(balanced_labels(60, 0)[:59], 5, seed=0, multi_label=False))
+    assert why is not None and "59" in why and "9 rows" in why and str(MIN_MLP_VAL_ROWS) in why
+
+    n = 30
+    rng = np.random.default_rng(3)
+    y = balanced_labels(n, 3)
+    ml = (np.eye(N_LABELS)[y] + rng.normal(0, 1.0, (n, N_LABELS))).astype(np.float32)
+    lexical = (np.eye(N_LABELS)[y] + rng.normal(0, 1.0, (n, N_LABELS))).astype(np.float32)
+    raw = rng.dirichlet(np.ones(N_LABELS), n).astype(np.float32)
+    choice = choose_combiner(ml, lexical, raw, y, folds=make_folds(y, 5, seed=0, multi_label=False),
+                             multi_label=False, labels=["a", "b", "c"], fusion=FUSION, lexical_mode="auto", seed=0,
+                             calibrator_factory=lambda r, t: fit_calibrator(r, t, False))
+    assert set(choice.left_out) == {"mlp", "mlp+lexical"}
+    assert {r.name for r in choice.results} == set(CANDIDATES) - {"mlp", "mlp+lexical"}
+    line, = left_out_lines({"left_out": choice.left_out})
+    assert line.startswith("  not compared: mlp, mlp+lexical (too few fusion rows (30)")
+    assert left_out_lines({"left_out": {}}) == []

@@ -236,7 +236,12 @@ def test_super_simple_interface(seed_env, llm):
     assert set(ns["result"].predictions) <= set(SENTIMENTS)
     assert ns["result"].probabilities.shape == (3, 3)
     assert llm.requests > before
-    assert (seed_env / "fusion_output" / "metrics.json").is_file()
+    metrics = json.loads((seed_env / "fusion_output" / "metrics.json").read_text())
+    # 72 reviews leave about 20 fusion rows: the MLP candidates sit out, and the summary says why
+    assert set(metrics["combiner"]["left_out"]) == {"mlp", "mlp+lexical"}
+    assert not {"mlp", "mlp+lexical"} & {row["combiner"] for row in metrics["combiner"]["cv_table"]}
+    assert "  not compared: mlp, mlp+lexical (too few fusion rows" in (
+        seed_env / "fusion_output" / "report" / "summary.txt").read_text()
 
 
 def test_quick_start_three_rows_is_refused_clearly(seed_env, llm):

@@ -159,7 +159,7 @@ class AutoFusionClassifier:
             "history": {"stage1": stage1.history.to_dict()},
             "stage1": stage1.schedule,
             "combiner": {"chosen": choice.name, "folds": choice.folds, "repeats": choice.repeats,
-                         "cv_table": choice.table(),
+                         "cv_table": choice.table(), "left_out": dict(choice.left_out),
                          "lexical": "served" if comb.lexical is not None else (
                              "off" if cfg["lexical"] == "off" else "not kept (cross-fitting)"),
                          "thresholds": thresholds, "threshold_objective": cfg["fusion"]["threshold_objective"]},

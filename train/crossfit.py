@@ -149,6 +149,13 @@ def vs_serving_key(table: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"  ({VS_SERVING_NOTE})"] if any("cv_log_loss_vs_serving" in r for r in table) else []
 
 
+def left_out_lines(combiner: Mapping[str, Any]) -> list[str]:
+    """'  not compared: mlp, mlp+lexical (why)' for the CV table, where candidates sat out (else nothing)."""
+    left_out = combiner.get("left_out") or {}
+    reasons = sorted(set(left_out.values()))
+    return [f"  not compared: {', '.join(left_out)} ({'; '.join(reasons)})"] if left_out else []
+
+
 def vs_serving(row: Mapping[str, Any]) -> str:
     """'<- serves' for the chosen row, '+0.0064 ± 0.0089' for the others (blank where the table predates it)."""
     if row.get("chosen"):
@@ -179,6 +186,10 @@ CANDIDATES: dict[str, tuple[int, tuple[str, ...], str]] = {
     "mlp+lexical": (6, ("ml", "lexical"), "mlp"),
 }
 MLP_INNER_VAL = 0.2  # share of the MLP's training rows kept for its early stopping
+# The MLP candidates compete only where each fold's MLP early-stops on at least this many rows: about 60 fusion
+# rows at 5 folds (every benchmark and demo fit has 84 or more). Below it, a 64x32 network chosen on a
+# handful of validation rows is noise, and its 200-epoch warm-ups were nearly all of a tiny fit's wall time.
+MIN_MLP_VAL_ROWS = 10
 
 
 def candidate_names(has_lexical: bool, lexical_mode: str) -> list[str]:
@@ -192,6 +203,16 @@ def candidate_names(has_lexical: bool, lexical_mode: str) -> list[str]:
             continue
         names.append(name)
     return names
+
+
+def mlp_left_out(n_rows: int, folds: Sequence[np.ndarray]) -> str | None:
+    """Why the MLP candidates sit out a comparison over these folds, or None when they compete."""
+    fewest = n_rows - max(len(f) for f in folds)
+    val_rows = max(1, int(round(MLP_INNER_VAL * fewest)))
+    if val_rows >= MIN_MLP_VAL_ROWS:
+        return None
+    return (f"too few fusion rows ({n_rows}): each fold's MLP would early-stop on {val_rows} rows, fewer than "
+            f"{MIN_MLP_VAL_ROWS}")
 
 
 def _features(components: tuple[str, ...], ml: np.ndarray, lexical: np.ndarray | None, cal: np.ndarray) -> np.ndarray:
@@ -252,6 +273,7 @@ class CombinerChoice:
     folds: int
     oof_calibrated: np.ndarray | None = None  # the LLM scores each row got from its fold's calibrator
     repeats: int = 1  # fold splits the log-losses are averaged over
+    left_out: dict[str, str] = field(default_factory=dict)  # candidates not compared, and why
 
     def table(self) -> list[dict[str, Any]]:
         """One row a candidate; the others also carry their log-loss margin over the one that serves
@@ -281,6 +303,11 @@ def choose_combiner(ml: np.ndarray, lexical: np.ndarray | None, raw_llm: np.ndar
     `ml` and `lexical` must already be out-of-sample for every row (stage-1 logits; cross-fitted lexical).
     """
     names = candidate_names(lexical is not None, lexical_mode)
+    why = mlp_left_out(len(targets), folds)
+    left_out = {name: why for name in names if why and CANDIDATES[name][2] == "mlp"}
+    names = [name for name in names if name not in left_out]
+    if left_out:
+        log.info("not compared: %s (%s)", ", ".join(left_out), why)
     per_split: list[list[CVResult]] = []
     oof_cal: np.ndarray | None = None  # the first split's, like the out-of-fold logits kept
     for r in range(max(1, int(repeats))):
@@ -296,7 +323,7 @@ def choose_combiner(ml: np.ndarray, lexical: np.ndarray | None, raw_llm: np.ndar
     best = choose(results)
     log.info("combiner chosen by %d-fold cross-fitting over %d split(s): %s (log-loss %.4f)", len(folds),
              len(per_split), best.name, best.log_loss)
-    return CombinerChoice(best.name, None, results, len(folds), oof_cal, len(per_split))
+    return CombinerChoice(best.name, None, results, len(folds), oof_cal, len(per_split), left_out)
 
 
 def _cross_fit_split(names: Sequence[str], ml: np.ndarray, lexical: np.ndarray | None, raw_llm: np.ndarray,

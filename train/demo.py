@@ -23,7 +23,13 @@ from textclassify.runtime import constants as K
 from textclassify.runtime.errors import DataError, TextClassifyError
 from textclassify.runtime.llm.local_server import usable_cores
 from textclassify.train.auto import AutoFusionClassifier
-from textclassify.train.crossfit import VS_SERVING_HEADER, repeats_note, vs_serving, vs_serving_key
+from textclassify.train.crossfit import (
+    VS_SERVING_HEADER,
+    left_out_lines,
+    repeats_note,
+    vs_serving,
+    vs_serving_key,
+)
 from textclassify.train.demo_assets import FETCH_COMMAND, DemoPaths, minilm_path
 
 OUTPUT_DIR = "demo_output"
@@ -248,7 +254,7 @@ def combiner_lines(combiner: Mapping[str, Any], stage1: str = "") -> list[str]:
     for row in table:
         out.append(f"  {row['combiner']:<26}{row['cv_log_loss']:>12.4f}{row['cv_accuracy']:>12.3f}"
                    f"{row['cv_macro_f1']:>12.3f}  {vs_serving(row)}")
-    out += vs_serving_key(table)
+    out += left_out_lines(combiner) + vs_serving_key(table)
     if stage1:
         out.append(f"  {stage1}")
     return out

@@ -23,7 +23,13 @@ from textclassify.runtime.decoding import decide, label_thresholds
 from textclassify.runtime.errors import DataError
 from textclassify.runtime.metrics import classification_metrics, expected_calibration_error, log_loss
 from textclassify.train import persistence
-from textclassify.train.crossfit import VS_SERVING_HEADER, repeats_note, vs_serving, vs_serving_key
+from textclassify.train.crossfit import (
+    VS_SERVING_HEADER,
+    left_out_lines,
+    repeats_note,
+    vs_serving,
+    vs_serving_key,
+)
 
 REPORT_DIR = "report"
 MODEL_NAMES: dict[str, str] = {
@@ -354,7 +360,7 @@ def format_combiner(combiner: Mapping[str, Any]) -> list[str]:
     for r in table:
         lines.append(f"  {r['combiner']:<{width}}{r['cv_log_loss']:>9.4f}  {r['cv_accuracy']:>8.3f}  "
                      f"{r['cv_macro_f1']:>8.3f}  {vs_serving(r)}")
-    lines += vs_serving_key(table)
+    lines += left_out_lines(combiner) + vs_serving_key(table)
     if combiner.get("thresholds"):
         lines.append(f"Per-label thresholds ({combiner.get('threshold_objective')}): "
                      + ", ".join(f"{t:.3f}" for t in combiner["thresholds"]))
