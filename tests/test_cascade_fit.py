@@ -25,7 +25,7 @@ def fitted(server, tiny_roberta_dir, tmp_path_factory, one_torch_thread):
         "cache_dir": str(tmp / "cache"), "output_dir": str(tmp / "out"), "fusion_split": 0.4,
         "llm": {"score_method": "json", "timeout_s": 5, "max_retries": 2, "price_per_million": PRICE},
         "ml": {"num_epochs": 2, "max_length": 16, "learning_rate": 1e-3, "batch_size": 16},
-        "fusion": {"num_epochs": 1, "ml_lr": 1e-4}, "gate": {"max_accuracy_loss": 0.02},
+        "fusion": {"num_epochs": 1, "ml_lr": 1e-4, "cv_repeats": 1}, "gate": {"max_accuracy_loss": 0.02},
     }
     before = server.tokens
     clf = AutoFusionClassifier(config).fit(_frame(300, seed=1), eval_data=_frame(120, seed=2), progress=False)

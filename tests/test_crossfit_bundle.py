@@ -36,6 +36,7 @@ def _fit(server, model_dir: str, tmp: Path, multi_label: bool) -> AutoFusionClas
         "output_dir": str(tmp / "out"), "fusion_split": 0.4,
         "llm": {"score_method": "json", "timeout_s": 5, "max_retries": 2},
         "ml": {"num_epochs": 2, "max_length": 16, "learning_rate": 1e-3, "batch_size": 16},
+        "fusion": {"cv_repeats": 1},  # one fold split: what is served, not how it was chosen, is tested here
     }
     return AutoFusionClassifier(config).fit(_frame(300, 1, multi_label), progress=False)
 

@@ -33,7 +33,7 @@ def saved(server, tiny_roberta_dir, tmp_path_factory):
               "ml_model": tiny_roberta_dir, "cache_dir": str(tmp / "cache"), "output_dir": str(tmp / "out"),
               "llm": {"score_method": "json", "timeout_s": 5, "max_retries": 2},
               "ml": {"num_epochs": 3, "max_length": 48, "learning_rate": 1e-3, "batch_size": 16},
-              "fusion": {"num_epochs": 1, "ml_lr": 1e-4}}
+              "fusion": {"num_epochs": 1, "ml_lr": 1e-4, "cv_repeats": 1}}
     clf = AutoFusionClassifier(config).fit(frame, progress=False)
     clf.save(tmp / "model")
     return clf, tmp
