@@ -25,6 +25,17 @@ def unique_texts(n: int, prefix: str) -> list[str]:
     return [f"{prefix}{i:04d}x" for i in range(n)]
 
 
+def noisy_parts(n: int, seed: int, ml_sd: float, lexical_sd: float):
+    """Balanced labels, encoder and lexical logits that carry them under Gaussian noise, and uninformative LLM
+    scores: (y, ml, lexical, raw)."""
+    rng = np.random.default_rng(seed)
+    y = balanced_labels(n, seed)
+    ml = (np.eye(N_LABELS)[y] + rng.normal(0, ml_sd, (n, N_LABELS))).astype(np.float32)
+    lexical = (np.eye(N_LABELS)[y] + rng.normal(0, lexical_sd, (n, N_LABELS))).astype(np.float32)
+    raw = rng.dirichlet(np.ones(N_LABELS), n).astype(np.float32)
+    return y, ml, lexical, raw
+
+
 def test_folds_are_disjoint_and_cover_every_row():
     """make_folds: k disjoint test sets whose union is every row, stratified (each class in every fold)."""
     y = balanced_labels(90, 0)
@@ -130,12 +141,7 @@ def test_repeated_cross_fitting_averages_the_splits_and_keeps_the_first_splits_p
     the choice reads that mean, and the out-of-fold predictions kept are the first split's, bit for bit."""
     from textclassify.train.crossfit import choose
 
-    n = 90
-    rng = np.random.default_rng(11)
-    y = balanced_labels(n, 11)
-    ml = (np.eye(N_LABELS)[y] + rng.normal(0, 1.2, (n, N_LABELS))).astype(np.float32)
-    lexical = (np.eye(N_LABELS)[y] + rng.normal(0, 1.5, (n, N_LABELS))).astype(np.float32)
-    raw = rng.dirichlet(np.ones(N_LABELS), n).astype(np.float32)
+    y, ml, lexical, raw = noisy_parts(90, 11, ml_sd=1.2, lexical_sd=1.5)
     folds = make_folds(y, 3, seed=4, multi_label=False)
 
     def run(repeats: int):
@@ -202,12 +208,7 @@ def test_mlp_candidates_sit_out_when_each_folds_mlp_would_early_stop_on_fewer_th
     why = mlp_left_out(59, make_folds(balanced_labels(60, 0)[:59], 5, seed=0, multi_label=False))
     assert why is not None and "59" in why and "9 rows" in why and str(MIN_MLP_VAL_ROWS) in why
 
-    n = 30
-    rng = np.random.default_rng(3)
-    y = balanced_labels(n, 3)
-    ml = (np.eye(N_LABELS)[y] + rng.normal(0, 1.0, (n, N_LABELS))).astype(np.float32)
-    lexical = (np.eye(N_LABELS)[y] + rng.normal(0, 1.0, (n, N_LABELS))).astype(np.float32)
-    raw = rng.dirichlet(np.ones(N_LABELS), n).astype(np.float32)
+    y, ml, lexical, raw = noisy_parts(30, 3, ml_sd=1.0, lexical_sd=1.0)
     choice = choose_combiner(ml, lexical, raw, y, folds=make_folds(y, 5, seed=0, multi_label=False),
                              multi_label=False, labels=["a", "b", "c"], fusion=FUSION, lexical_mode="auto", seed=0,
                              calibrator_factory=lambda r, t: fit_calibrator(r, t, False))
