@@ -261,28 +261,44 @@ def _write(dataset: Any, staging: Path, output_format: str, concurrency: int) ->
 
 
 def _count_output(folder: Path, output_format: str, labels: list[str], multi_label: bool) -> dict[str, Any]:
-    """Rows, prediction counts, degraded and LLM-skipped rows, read back from the written files."""
+    """Rows, prediction counts, degraded and LLM-skipped rows, read back from the written files one at a time."""
+    counts: Counter[str] = Counter()
+    rows = degraded = skipped = 0
+    for path in sorted(folder.rglob(f"*{_SUFFIX_OF[output_format]}")):
+        table = _read_counted_columns(path, output_format, multi_label)
+        for pred in table.column("prediction").to_pylist():
+            if multi_label:
+                counts.update(json.loads(pred) if isinstance(pred, str) else pred)
+            else:
+                counts[pred] += 1
+        rows += table.num_rows
+        degraded += sum(bool(v) for v in table.column("degraded").to_pylist())
+        skipped += sum(bool(v) for v in table.column("llm_skipped").to_pylist())
+    return {"rows": rows, "prediction_counts": {lab: counts.get(lab, 0) for lab in labels},
+            "degraded_rows": degraded, "llm_skipped_rows": skipped}
+
+
+def _read_counted_columns(path: Path, output_format: str, multi_label: bool) -> Any:
+    """The prediction, degraded and llm_skipped columns of one written file.
+
+    File by file, with each format's own reader: pyarrow's dataset scan of JSON files waited forever (pyarrow
+    26, reading back this module's output) on 4 files over its 1 MiB block at 2 CPU threads, and on 12 small
+    ones where Arrow has 1 CPU thread (OMP_NUM_THREADS=1 or a 1-CPU container)."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
-    import pyarrow.dataset as pads
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
 
     columns = ["prediction", "degraded", "llm_skipped"]
-    files = sorted(str(p) for p in folder.rglob(f"*{_SUFFIX_OF[output_format]}"))
+    if output_format == "parquet":
+        return pq.read_table(path, columns=columns)
     if output_format == "csv":
-        fmt: Any = pads.CsvFileFormat(parse_options=pacsv.ParseOptions(newlines_in_values=True))
-    else:
-        fmt = "parquet" if output_format == "parquet" else "json"
-    table = pads.dataset(files, format=fmt).to_table(columns=columns) if files else None
-    counts: Counter[str] = Counter()
-    if table is None:
-        return {"rows": 0, "prediction_counts": dict.fromkeys(labels, 0), "degraded_rows": 0, "llm_skipped_rows": 0}
-    for pred in table.column("prediction").to_pylist():
-        if multi_label:
-            counts.update(json.loads(pred) if isinstance(pred, str) else pred)
-        else:
-            counts[pred] += 1
-    return {"rows": table.num_rows, "prediction_counts": {lab: counts.get(lab, 0) for lab in labels},
-            "degraded_rows": sum(bool(v) for v in table.column("degraded").to_pylist()),
-            "llm_skipped_rows": sum(bool(v) for v in table.column("llm_skipped").to_pylist())}
+        return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                              convert_options=pacsv.ConvertOptions(include_columns=columns))
+    prediction = pa.list_(pa.string()) if multi_label else pa.string()
+    schema = pa.schema([("prediction", prediction), ("degraded", pa.bool_()), ("llm_skipped", pa.bool_())])
+    return pajson.read_json(path, parse_options=pajson.ParseOptions(explicit_schema=schema,
+                                                                    unexpected_field_behavior="ignore"))
 
 
 def _publish(staging: Path, out: Path) -> None:

@@ -208,3 +208,55 @@ def test_batch_rows_keep_every_actor_busy_and_never_go_below_the_onnx_batch() ->
     assert batch_rows(240, 4, 10) == -(-240 // (4 * BLOCKS_PER_ACTOR)) == 15
     assert batch_rows(240, 4, 64) == 64
     assert batch_rows(20_000, 2, 1024) == 1024
+
+
+# Reads back output files the way predict_dataset does, in a child process, so a deadlock fails the test after
+# the timeout instead of stalling the suite. argv: output format, multi-label (0/1), Arrow CPU threads, files, rows.
+COUNT_CHILD = r"""
+import json, sys
+from pathlib import Path
+import pyarrow as pa, pyarrow.csv as pacsv, pyarrow.parquet as pq
+from textclassify.serve.ray_data import _count_output
+fmt, multi, threads, files, rows = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+pa.set_cpu_count(threads)
+folder = Path(sys.argv[6])
+for k in range(files):
+    preds = [["a", "b"] if i % 3 == 0 else ["b"] for i in range(rows)] if multi else ["ab"[i % 2] for i in range(rows)]
+    table = pa.table({"text": ["x" * 120] * rows, "prediction": preds, "prob_a": [0.5] * rows,
+                      "degraded": [i % 5 == 0 for i in range(rows)], "llm_skipped": [i % 4 == 0 for i in range(rows)]})
+    path = folder / f"part{k}.{ {'jsonl': 'jsonl', 'csv': 'csv', 'parquet': 'parquet'}[fmt] }"
+    if fmt == "parquet":
+        pq.write_table(table, path)
+    elif fmt == "csv":
+        if multi:
+            table = table.set_column(1, "prediction", pa.array([json.dumps(p) for p in preds]))
+        pacsv.write_csv(table, path)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()), encoding="utf-8")
+print(json.dumps(_count_output(folder, fmt, ["a", "b"], multi)))
+"""
+
+
+@pytest.mark.parametrize(("fmt", "multi", "threads", "files", "rows"), [
+    ("jsonl", False, 1, 30, 4),       # the dataset scan waited forever: 12+ files at 1 Arrow CPU thread
+    ("jsonl", False, 2, 4, 9_000),    # ... and 4 files over its 1 MiB block at 2 threads
+    ("jsonl", True, 1, 30, 4),
+    ("csv", True, 1, 30, 4),
+    ("parquet", False, 1, 30, 4),
+])
+def test_output_count_reads_many_and_large_files_without_waiting_forever(
+        tmp_path: Path, fmt: str, multi: bool, threads: int, files: int, rows: int) -> None:
+    """The count check after a run reads every written file back; JSON Lines, CSV and Parquet, at 1 or 2 Arrow
+    CPU threads (1 is what OMP_NUM_THREADS=1 or a 1-CPU container gives)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", COUNT_CHILD, fmt, str(int(multi)), str(threads), str(files),
+                          str(rows), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    counted = json.loads(out.stdout)
+    n = files * rows
+    want_preds = ({"a": files * len(range(0, rows, 3)), "b": n} if multi
+                  else {"a": files * len(range(0, rows, 2)), "b": files * len(range(1, rows, 2))})
+    assert counted == {"rows": n, "prediction_counts": want_preds, "degraded_rows": files * len(range(0, rows, 5)),
+                       "llm_skipped_rows": files * len(range(0, rows, 4))}
