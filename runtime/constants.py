@@ -47,7 +47,10 @@ CALIBRATOR_OUTPUT = "llm_scores"  # calibrator.onnx output: calibrated scores, a
 
 # LLM client (appended by the runtime.llm client)
 RETRY_AFTER_MAX_S = 60.0  # a server's Retry-After is honoured up to this many seconds
-LOGPROBS_MAX_TOKENS = 8  # answer length asked for with score_method logprobs (only the first token is read)
+# Answer length asked for with score_method logprobs. Only the first token with visible text is read, so 4 leaves
+# room for 3 of whitespace, quotes or markdown before it; a model that rambles on costs 4 tokens, not 8
+# (benchmarks/README.md: SmolLM2 scored 20-29% more texts a second, with the same answers).
+LOGPROBS_MAX_TOKENS = 4
 
 # Embedded local LLM (llm_provider "local"; appended by runtime.llm.local_server)
 LOCAL_GGUF_ENV = "TEXTCLASSIFY_LOCAL_GGUF"  # overrides the default GGUF path

@@ -57,7 +57,7 @@ def test_logprobs_multi_class(llm_server: FakeLLMServer, tmp_path: Path) -> None
         scores = s.score(TEXTS)
     np.testing.assert_allclose(scores, expected(TEXTS, normalise=True), atol=1e-6)
     body = llm_server.bodies[0]
-    assert (body["logprobs"], body["top_logprobs"], body["max_tokens"]) == (True, 20, 8)
+    assert (body["logprobs"], body["top_logprobs"], body["max_tokens"]) == (True, 20, 4)
     assert "response_format" not in body
 
 
