@@ -39,7 +39,8 @@ LABELS = ("fresh", "rotten", "plot")
 # Sized for < 6 minutes on 2 CPU cores: 1,200 training rows -> ~864 stage-1 training rows x 2 epochs (MiniLM at
 # max_length 64 trains at ~30 examples/s), ~336 fusion rows (the 20% fusion split and stage 1's 10% validation
 # slice) + 300 test rows scored by SmolLM2 (about 5.4 requests/s here with both cores, 117 s of a 225 s run;
-# 2.7/s on the default single thread).
+# 2.7/s on the default single thread). Measured on 2026-12-07's host; the same 2-core CPU model ran the LLM at
+# half that speed on 2026-12-08, and the demo in 7-10 minutes (benchmarks/README.md).
 TRAIN_ROWS = 1200
 TEST_ROWS = 300
 SEED = 42
