@@ -265,6 +265,8 @@ def _count_output(folder: Path, output_format: str, labels: list[str], multi_lab
     counts: Counter[str] = Counter()
     rows = degraded = skipped = 0
     for path in sorted(folder.rglob(f"*{_SUFFIX_OF[output_format]}")):
+        if output_format != "parquet" and path.stat().st_size == 0:
+            continue  # an empty JSON Lines or CSV file holds no row (their readers refuse it)
         table = _read_counted_columns(path, output_format, multi_label)
         for pred in table.column("prediction").to_pylist():
             if multi_label:

@@ -260,3 +260,20 @@ def test_output_count_reads_many_and_large_files_without_waiting_forever(
                   else {"a": files * len(range(0, rows, 2)), "b": files * len(range(1, rows, 2))})
     assert counted == {"rows": n, "prediction_counts": want_preds, "degraded_rows": files * len(range(0, rows, 5)),
                        "llm_skipped_rows": files * len(range(0, rows, 4))}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_output_count_skips_an_empty_file(tmp_path: Path, fmt: str) -> None:
+    """A 0-byte JSON Lines or CSV file beside the others counts as no rows (pyarrow's readers refuse it)."""
+    from textclassify.serve.ray_data import _count_output
+
+    rows = [{"prediction": "a", "degraded": True, "llm_skipped": False},
+            {"prediction": "b", "degraded": False, "llm_skipped": True}]
+    if fmt == "jsonl":
+        (tmp_path / "part0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    else:
+        (tmp_path / "part0.csv").write_text("prediction,degraded,llm_skipped\na,true,false\nb,false,true\n",
+                                            encoding="utf-8")
+    (tmp_path / f"part1.{fmt}").write_bytes(b"")
+    assert _count_output(tmp_path, fmt, ["a", "b"], False) == {
+        "rows": 2, "prediction_counts": {"a": 1, "b": 1}, "degraded_rows": 1, "llm_skipped_rows": 1}
