@@ -224,7 +224,7 @@ for k in range(files):
     preds = [["a", "b"] if i % 3 == 0 else ["b"] for i in range(rows)] if multi else ["ab"[i % 2] for i in range(rows)]
     table = pa.table({"text": ["x" * 120] * rows, "prediction": preds, "prob_a": [0.5] * rows,
                       "degraded": [i % 5 == 0 for i in range(rows)], "llm_skipped": [i % 4 == 0 for i in range(rows)]})
-    path = folder / f"part{k}.{ {'jsonl': 'jsonl', 'csv': 'csv', 'parquet': 'parquet'}[fmt] }"
+    path = folder / f"part{k}.{fmt}"
     if fmt == "parquet":
         pq.write_table(table, path)
     elif fmt == "csv":
